@@ -1,0 +1,154 @@
+"""Typed recipes: safe YAML -> pydantic models, dotted overrides, one-line errors.
+
+A recipe has a ``task`` (registered name or ``package.module:Class``), a
+``trainer`` section shared by every task, and the task's own sections (``data``,
+``model``, ``loss``, ...) declared by the task's ``Config`` class, a subclass of
+:class:`Recipe`. All problems are collected and reported at once, each with its
+dotted key, and unknown keys name the nearest valid key.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from capsule_kit.errors import ConfigError
+from capsule_kit.registry import nearest
+
+
+class Strict(BaseModel):
+    """Base for recipe sections: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_assignment=True)
+
+
+class TrainerConfig(Strict):
+    """Options of the training loop, shared by every task."""
+
+    epochs: int = Field(1, ge=0, description="Passes over the training set.")
+    max_steps: int | None = Field(None, ge=1, description="Stop training after this many optimizer steps (smoke runs).")
+    eval_max_steps: int | None = Field(None, ge=1, description="Cap evaluation batches (smoke runs).")
+    batch_size: int = Field(100, ge=1, description="Training batch size (per process under torchrun).")
+    eval_batch_size: int | None = Field(None, ge=1, description="Evaluation batch size (default: batch_size).")
+    optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="Optimizer.")
+    lr: float = Field(1e-3, gt=0, description="Learning rate.")
+    lr_decay: float = Field(1.0, gt=0, le=1, description="Exponential learning-rate decay per epoch.")
+    weight_decay: float = Field(0.0, ge=0, description="Weight decay.")
+    grad_clip: float | None = Field(None, gt=0, description="Clip the gradient norm to this value.")
+    seed: int = Field(0, description="Seed for weights, shuffling and augmentation.")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$", description="auto picks CUDA when present.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Autocast precision (fp16 uses GradScaler on CUDA)."
+    )
+    compile: bool = Field(False, description="torch.compile the model.")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice).")
+    log_every: int = Field(50, ge=1, description="Write a metrics.jsonl line every N steps.")
+    eval_every: int = Field(1, ge=1, description="Evaluate every N epochs.")
+    progress: bool = Field(True, description="Show progress bars.")
+    tensorboard: bool = Field(False, description="Also write TensorBoard scalars (extra 'tb').")
+
+
+class Recipe(Strict):
+    """The part of a recipe every task shares; tasks subclass it with their sections."""
+
+    task: str = Field(description="Registered task name or 'package.module:Class'.")
+    name: str | None = Field(None, description="Run name (default: the recipe file's stem).")
+    output_dir: Path = Field(Path("runs"), description="Where run directories are created.")
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a recipe with the safe loader; errors name the file (and line)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"recipe not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{p}:{where}: YAML syntax error: {problem}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not UTF-8 text") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: a recipe must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"trainer.epochs=1"`` -> (["trainer", "epochs"], 1); values are YAML scalars/lists."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key.path=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply dotted ``key=value`` overrides to a raw recipe dict (in place, returned)."""
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            child = node.setdefault(k, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override '{text}': '{k}' is not a section")
+            node = child
+        node[keys[-1]] = value
+    return data
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names of the sub-model at ``loc`` (for 'did you mean')."""
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        sub = getattr(field, "annotation", None) if field else None
+        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
+            return []
+        model = sub
+    return list(model.model_fields)
+
+
+def format_errors(exc: ValidationError, schema: type[BaseModel], source: str) -> str:
+    """All validation errors as one line: ``source: key: problem; key: problem``."""
+    parts = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc)
+        if err["type"] == "extra_forbidden":
+            hint = nearest(str(loc[-1]), _fields_at(schema, loc[:-1]))
+            parts.append(
+                f"unknown key '{key}'" + (f" (did you mean '{'.'.join([*map(str, loc[:-1]), hint])}'?)" if hint else "")
+            )
+        else:
+            got = err.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            parts.append(f"{key}: {err['msg'].lower()}{shown}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def validate(schema: type[Recipe], data: dict[str, Any], source: str) -> Recipe:
+    """Validate a raw recipe dict against ``schema`` or raise one ConfigError."""
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_errors(exc, schema, source)) from None
+
+
+def to_plain(cfg: BaseModel) -> dict[str, Any]:
+    """JSON/YAML-safe dict of a config (paths as strings)."""
+    return cfg.model_dump(mode="json")
+
+
+def dump_yaml(cfg: BaseModel) -> str:
+    """The resolved recipe as YAML text."""
+    return yaml.safe_dump(to_plain(cfg), sort_keys=False)

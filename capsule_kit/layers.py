@@ -1,0 +1,280 @@
+"""Capsule layers: primary capsules, dense (class) capsules, matrix ConvCaps, masking, decoder.
+
+Shapes (docs/notation.md): B batch, N_i / N_o input / output capsules,
+D_i / D_o capsule dims, H, W image size, T capsule types.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from capsule_kit.functional import get_squash, safe_norm
+from capsule_kit.routing import Routed, build
+
+
+class PrimaryCaps(nn.Module):
+    """Convolution -> capsules (Sabour's PrimaryCaps), then squash.
+
+    Channels are grouped per capsule type, ``[B, T*D, H, W] -> [B, T*H*W, D]``, so
+    a capsule is the D channels of one type at one position (the seed's plain
+    ``view(B, -1, D)`` mixes neighbouring positions into one capsule instead).
+
+    Args:
+        in_channels: Input feature channels.
+        num_types: Capsule types T (32 in Sabour).
+        dim: Capsule dimension D (8 in Sabour).
+        kernel_size: Convolution kernel (9).
+        stride: Convolution stride (2).
+        groups: Convolution groups (``in_channels`` for Efficient-CapsNet's depthwise conv).
+        squash: ``"sabour"`` or ``"efficient"``.
+
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        *,
+        num_types: int = 32,
+        dim: int = 8,
+        kernel_size: int = 9,
+        stride: int = 2,
+        groups: int = 1,
+        squash: str = "sabour",
+    ) -> None:
+        super().__init__()
+        self.num_types, self.dim = num_types, dim
+        self.conv = nn.Conv2d(in_channels, num_types * dim, kernel_size, stride=stride, groups=groups)
+        self.squash = get_squash(squash)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Shapes: x [B, C, H, W] -> capsules [B, T*H'*W', D]."""
+        out = self.conv(x)  # [B, T*D, H', W']
+        b, _, h, w = out.shape
+        out = out.view(b, self.num_types, self.dim, h, w).permute(0, 1, 3, 4, 2)  # [B, T, H', W', D]
+        return self.squash(out.reshape(b, self.num_types * h * w, self.dim))
+
+
+class DenseCaps(nn.Module):
+    """Fully connected capsule layer: votes by batched matmul, then routing.
+
+    ``u_hat_j|i = W_ij u_i`` computed as one bmm per input capsule (or type), so
+    no ``repeat``ed copy of the inputs or weights is ever made. The votes are
+    written input-major ([N_i, B, N_o, D_o] in memory), the layout in which the
+    routing contractions are copy-free batched matrix-vector products.
+
+    Args:
+        num_in: Input capsules N_i.
+        dim_in: Input capsule dim D_i.
+        num_out: Output capsules N_o.
+        dim_out: Output capsule dim D_o.
+        routing: Routing name (``dynamic``, ``em``, ``attention``).
+        routing_options: Extra routing keyword arguments (e.g. ``iterations``).
+        shared: ``"none"`` (one W per (i, j), Sabour), ``"positions"`` (one W per
+            (type, j), shared over ``num_in / types`` positions) or ``"inputs"``
+            (one W per j, shared by all inputs: parameters grow with N_o only).
+        types: Number of input types for ``shared="positions"``; inputs are ordered
+            type-major ``[T, positions]`` as :class:`PrimaryCaps` emits them.
+        init_std: Weight init std (0.01 as in the seed / Sabour's code).
+        max_vote_bytes: When the votes of one call would exceed this many bytes,
+            they are computed and routed in chunks of the batch (same results).
+
+    """
+
+    def __init__(
+        self,
+        num_in: int,
+        dim_in: int,
+        num_out: int,
+        dim_out: int,
+        *,
+        routing: str = "dynamic",
+        routing_options: dict | None = None,
+        shared: str = "none",
+        types: int | None = None,
+        init_std: float = 0.01,
+        max_vote_bytes: int | None = None,
+    ) -> None:
+        super().__init__()
+        if shared not in ("none", "positions", "inputs"):
+            raise ValueError(f"shared must be none|positions|inputs, got '{shared}'")
+        n_w = {"none": num_in, "positions": types or 0, "inputs": 1}[shared]
+        if shared == "positions" and (not types or num_in % types):
+            raise ValueError(f"shared='positions' needs types dividing num_in={num_in}, got {types}")
+        self.num_in, self.dim_in, self.num_out, self.dim_out, self.shared = num_in, dim_in, num_out, dim_out, shared
+        self.weight = nn.Parameter(init_std * torch.randn(n_w, dim_in, num_out * dim_out))  # [N_w, D_i, N_o*D_o]
+        self.max_vote_bytes = max_vote_bytes
+        self.routing = build(routing, num_in=num_in, num_out=num_out, **(routing_options or {}))
+
+    def votes(self, u: Tensor) -> Tensor:
+        """Compute votes.
+
+        Shapes:
+            u: [B, N_i, D_i]
+            returns: [B, N_i, N_o, D_o] (a view of input-major memory)
+        """
+        b = u.shape[0]
+        if self.shared == "none":
+            out = torch.bmm(u.transpose(0, 1), self.weight)  # [N_i, B, N_o*D_o]
+        elif self.shared == "inputs":
+            out = (u.transpose(0, 1).reshape(-1, self.dim_in) @ self.weight[0]).view(self.num_in, b, -1)
+        else:
+            t = self.weight.shape[0]
+            x = u.view(b, t, -1, self.dim_in).permute(1, 2, 0, 3).reshape(t, -1, self.dim_in)  # [T, P*B, D_i]
+            out = torch.bmm(x, self.weight).view(self.num_in, b, -1)
+        return out.view(self.num_in, b, self.num_out, self.dim_out).permute(1, 0, 2, 3)
+
+    def forward(self, u: Tensor, activations: Tensor | None = None) -> Routed:
+        """Shapes: u [B, N_i, D_i], activations [B, N_i] -> Routed(poses [B, N_o, D_o], ...)."""
+        chunk = self._chunk(u)
+        if chunk >= u.shape[0]:
+            return self.routing(self.votes(u), activations)
+        parts = [
+            self.routing(self.votes(u[s : s + chunk]), None if activations is None else activations[s : s + chunk])
+            for s in range(0, u.shape[0], chunk)
+        ]
+        return Routed(*(torch.cat(p, dim=0) for p in zip(*parts)))
+
+    def _chunk(self, u: Tensor) -> int:
+        if self.max_vote_bytes is None:
+            return u.shape[0]
+        per_sample = self.num_in * self.num_out * self.dim_out * u.element_size()
+        return max(1, self.max_vote_bytes // per_sample)
+
+
+class PrimaryMatrixCaps(nn.Module):
+    """Primary matrix capsules (Hinton 2018): 1x1 conv to 4x4 poses and sigmoid activations.
+
+    Shapes:
+        x: [B, C, H, W] -> poses [B, H, W, T, 16], activations [B, H, W, T]
+    """
+
+    def __init__(self, in_channels: int, num_types: int, pose: int = 4) -> None:
+        super().__init__()
+        self.num_types, self.pose_dim = num_types, pose * pose
+        self.pose = nn.Conv2d(in_channels, num_types * self.pose_dim, 1)
+        self.act = nn.Conv2d(in_channels, num_types, 1)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        b, _, h, w = x.shape
+        poses = self.pose(x).view(b, self.num_types, self.pose_dim, h, w).permute(0, 3, 4, 1, 2)
+        return poses.contiguous(), torch.sigmoid(self.act(x)).permute(0, 2, 3, 1).contiguous()
+
+
+class ConvCaps(nn.Module):
+    """Convolutional matrix-capsule layer with EM routing (Hinton 2018).
+
+    Each output position routes the K*K*T_in capsules of its receptive field to
+    T_out capsules (positions are routed independently, as in the public
+    reimplementations). With ``class_caps=True`` the layer is the class capsule
+    layer: transforms are shared over all positions, every position votes for
+    every class, and the scaled (row, column) of each position is added to the
+    first two entries of the right-hand column of the vote (coordinate addition).
+
+    Args:
+        in_types: Input capsule types T_in.
+        out_types: Output capsule types T_out (classes for ``class_caps``).
+        kernel_size: Receptive field K (ignored for ``class_caps``).
+        stride: Stride.
+        iterations: EM iterations.
+        class_caps: Build the class capsule layer.
+
+    """
+
+    def __init__(
+        self,
+        in_types: int,
+        out_types: int,
+        *,
+        kernel_size: int = 3,
+        stride: int = 1,
+        iterations: int = 3,
+        class_caps: bool = False,
+    ) -> None:
+        super().__init__()
+        self.k, self.stride, self.class_caps = (1 if class_caps else kernel_size), stride, class_caps
+        n_in = in_types * self.k * self.k
+        self.weight = nn.Parameter(torch.randn(n_in, out_types, 4, 4) * 0.5)  # [K*K*T_in, T_out, 4, 4]
+        self.routing = build("em", num_out=out_types, iterations=iterations)
+
+    def _patches(self, x: Tensor) -> Tensor:
+        """[B, H, W, T, ...] -> [B, H', W', K*K*T, ...] receptive fields."""
+        k, s = self.k, self.stride
+        x = x.unfold(1, k, s).unfold(2, k, s)  # [B, H', W', T, ..., K, K]
+        x = x.movedim(-2, 3).movedim(-1, 4)  # [B, H', W', K, K, T, ...]
+        return x.reshape(*x.shape[:3], -1, *x.shape[6:])
+
+    def forward(self, poses: Tensor, activations: Tensor) -> tuple[Tensor, Tensor]:
+        """Shapes: poses [B, H, W, T_in, 16], activations [B, H, W, T_in]
+        -> poses [B, H', W', T_out, 16] (class caps: [B, T_out, 16]), activations likewise.
+        """
+        b, h, w = poses.shape[:3]
+        if self.class_caps:
+            p, a = poses.reshape(b, h * w, -1, 4, 4), activations.reshape(b, h * w, -1)
+            votes = torch.einsum("bptxy,toyz->bptoxz", p, self.weight.view(-1, *self.weight.shape[1:]))
+            votes = self._add_coordinates(votes.reshape(*votes.shape[:4], 16), h, w)
+            out = self.routing(votes.reshape(b, -1, votes.shape[3], 16), a.reshape(b, -1))
+            return out.poses, out.activations
+        p, a = self._patches(poses), self._patches(activations)  # [B, H', W', N_i, 16], [B, H', W', N_i]
+        ho, wo, n_in = p.shape[1], p.shape[2], p.shape[3]
+        votes = torch.einsum("bnixy,ioyz->bnioxz", p.reshape(-1, ho * wo, n_in, 4, 4), self.weight)
+        out = self.routing(votes.reshape(b * ho * wo, n_in, -1, 16), a.reshape(b * ho * wo, n_in))
+        return out.poses.view(b, ho, wo, -1, 16), out.activations.view(b, ho, wo, -1)
+
+    @staticmethod
+    def _add_coordinates(votes: Tensor, h: int, w: int) -> Tensor:
+        """Coordinate addition. Shapes: votes [B, H*W, T, N_o, 16]."""
+        rows = (torch.arange(h, device=votes.device, dtype=votes.dtype) + 0.5) / h
+        cols = (torch.arange(w, device=votes.device, dtype=votes.dtype) + 0.5) / w
+        coords = torch.zeros(h, w, 16, device=votes.device, dtype=votes.dtype)
+        coords[..., 3], coords[..., 7] = rows[:, None].expand(h, w), cols[None, :].expand(h, w)
+        return votes + coords.view(1, h * w, 1, 1, 16)
+
+
+def mask_capsules(poses: Tensor, y: Tensor | None = None, k: int = 1) -> Tensor:
+    """Zero all capsules but the selected ones.
+
+    Args:
+        poses: [B, N, D] capsule poses.
+        y: [B] class indices or [B, N] one/multi-hot mask; None selects the ``k``
+            longest capsules (k = 2 for MultiMNIST).
+        k: Number of longest capsules kept when ``y`` is None.
+
+    Returns:
+        [B, N, D] masked poses.
+
+    """
+    if y is None:
+        top = safe_norm(poses.detach(), dim=-1).topk(k, dim=-1).indices
+        mask = torch.zeros(poses.shape[:2], device=poses.device, dtype=poses.dtype).scatter_(1, top, 1.0)
+    elif y.dim() == 1:
+        mask = nn.functional.one_hot(y.long(), poses.shape[1]).to(poses.dtype)
+    else:
+        mask = y.to(poses.dtype)
+    return poses * mask.unsqueeze(-1)
+
+
+class CapsuleDecoder(nn.Module):
+    """Fully connected reconstruction decoder (Sabour: 512-1024-out, sigmoid).
+
+    Args:
+        in_features: Flattened masked capsules (N_o * D_o).
+        out_shape: Shape of one reconstruction, e.g. ``(1, 28, 28)``.
+        hidden: Hidden layer widths.
+
+    """
+
+    def __init__(self, in_features: int, out_shape: tuple[int, ...], hidden: tuple[int, ...] = (512, 1024)) -> None:
+        super().__init__()
+        self.out_shape = tuple(out_shape)
+        dims, layers = (in_features, *hidden), []
+        for a, b in zip(dims[:-1], dims[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU(inplace=True)]
+        layers += [nn.Linear(dims[-1], math.prod(self.out_shape)), nn.Sigmoid()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, masked: Tensor) -> Tensor:
+        """Shapes: masked [B, N_o, D_o] -> reconstruction [B, *out_shape]."""
+        return self.net(masked.flatten(1)).view(masked.shape[0], *self.out_shape)

@@ -1,0 +1,69 @@
+"""Matrix capsules with EM routing (Hinton, Sabour & Frosst 2018), small configuration.
+
+Conv 5x5 (A channels, stride 2) -> primary matrix capsules (B types) -> ConvCaps1
+(3x3, stride 2, C types) -> ConvCaps2 (3x3, stride 1, D types) -> class capsules
+(shared transforms, coordinate addition). Paper's small model: A=64, B=8, C=D=16.
+Outputs class activations in (0, 1), trained with the spread loss.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from capsule_kit.layers import ConvCaps, PrimaryMatrixCaps
+from capsule_kit.models.capsnet import CapsOutput
+from capsule_kit.registry import MODELS
+
+
+class MatrixCapsNet(nn.Module):
+    """Matrix-capsule network.
+
+    Args:
+        input_shape: (C, H, W).
+        num_classes: Class capsules.
+        a: Channels of the first convolution.
+        b: Primary capsule types.
+        c: ConvCaps1 types.
+        d: ConvCaps2 types.
+        iterations: EM iterations.
+
+    """
+
+    def __init__(
+        self,
+        *,
+        input_shape: tuple[int, int, int] = (1, 28, 28),
+        num_classes: int = 10,
+        a: int = 64,
+        b: int = 8,
+        c: int = 16,
+        d: int = 16,
+        iterations: int = 3,
+    ) -> None:
+        super().__init__()
+        self.input_shape = tuple(input_shape)
+        self.conv1 = nn.Conv2d(input_shape[0], a, 5, stride=2, padding=2)
+        self.primary = PrimaryMatrixCaps(a, b)
+        self.caps1 = ConvCaps(b, c, kernel_size=3, stride=2, iterations=iterations)
+        self.caps2 = ConvCaps(c, d, kernel_size=3, stride=1, iterations=iterations)
+        self.classes = ConvCaps(d, num_classes, iterations=iterations, class_caps=True)
+
+    def forward(self, x: Tensor, y: Tensor | None = None) -> CapsOutput:
+        """Shapes: x [B, C, H, W] -> activations [B, N_o], poses [B, N_o, 16], no reconstruction."""
+        poses, act = self.primary(self.conv1(x).relu())
+        poses, act = self.caps1(poses, act)
+        poses, act = self.caps2(poses, act)
+        poses, act = self.classes(poses, act)
+        return CapsOutput(act, poses, None)
+
+
+@MODELS.register("matrix_capsnet", aliases=("em_capsnet",))
+def matrix_capsnet(**kwargs) -> MatrixCapsNet:
+    """The small EM model of Hinton 2018 (A=64, B=8, C=D=16)."""
+    return MatrixCapsNet(**kwargs)
+
+
+@MODELS.register("matrix_capsnet_tiny")
+def matrix_capsnet_tiny(**kwargs) -> MatrixCapsNet:
+    """A tiny EM model for tests (A=8, B=2, C=D=4, 2 iterations)."""
+    return MatrixCapsNet(**{"a": 8, "b": 2, "c": 4, "d": 4, "iterations": 2, **kwargs})

@@ -1,0 +1,30 @@
+"""Routing algorithms, looked up by name: ``routing.build("dynamic", iterations=3)``."""
+
+from capsule_kit.registry import ROUTING
+from capsule_kit.routing.attention import AttentionRouting
+from capsule_kit.routing.base import Routed, Routing
+from capsule_kit.routing.dynamic import DynamicRouting, leaky_softmax
+from capsule_kit.routing.em import EMRouting
+
+
+def build(name: str, /, **kwargs) -> Routing:
+    """Build a registered routing module by name (see ``names()``)."""
+    return ROUTING.build(name, **kwargs)
+
+
+def names() -> list[str]:
+    """Registered routing names."""
+    return ROUTING.names()
+
+
+__all__ = [
+    "AttentionRouting",
+    "DynamicRouting",
+    "EMRouting",
+    "ROUTING",
+    "Routed",
+    "Routing",
+    "build",
+    "leaky_softmax",
+    "names",
+]

@@ -1,0 +1,52 @@
+"""Non-iterative self-attention routing (Efficient-CapsNet, Mazzia et al. 2021).
+
+For each output j the votes of all inputs attend to each other:
+    A_ij = <u_hat_ij, sum_k u_hat_kj> / sqrt(D_o)       (= sum_k of the self-attention matrix)
+    c_ij = softmax_j(A_ij) + b_ij,   s_j = sum_i c_ij u_hat_ij,   v_j = squash_eff(s_j)
+Summing over k first costs O(N_i D_o) per output instead of O(N_i^2 D_o).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from capsule_kit.functional import get_squash, safe_norm
+from capsule_kit.registry import ROUTING
+from capsule_kit.routing.base import Routed, Routing, require
+
+
+@ROUTING.register("attention", aliases=("self_attention", "efficient"))
+class AttentionRouting(Routing):
+    """Efficient-CapsNet routing: one pass, learned prior ``b`` [N_i, N_o].
+
+    Args:
+        num_in: Number of input capsules N_i (the prior has one entry per (i, j)).
+        num_out: Number of output capsules N_o.
+        squash: ``"efficient"`` (default, as in the paper) or ``"sabour"``.
+        iterations: Accepted for a uniform signature; must be 1.
+
+    """
+
+    def __init__(
+        self, *, num_in: int | None = None, num_out: int | None = None, squash: str = "efficient", iterations: int = 1
+    ) -> None:
+        n_in, n_out = require(num_in, "num_in", "attention"), require(num_out, "num_out", "attention")
+        if iterations != 1:
+            raise ValueError("attention routing is non-iterative: iterations must be 1")
+        super().__init__(num_in=n_in, num_out=n_out, iterations=1)
+        self.prior = nn.Parameter(torch.zeros(n_in, n_out))
+        self.squash = get_squash(squash)
+
+    def route(self, votes: Tensor, activations: Tensor | None) -> Routed:
+        """Shapes: votes [B, N_i, N_o, D_o] -> poses [B, N_o, D_o], coupling [B, N_i, N_o]."""
+        total = votes.sum(dim=1, keepdim=True)  # [B, 1, N_o, D_o]
+        scores = (votes * total).sum(-1) / math.sqrt(votes.shape[-1])  # [B, N_i, N_o]
+        coupling = torch.softmax(scores.float(), dim=-1) + self.prior
+        if activations is not None:
+            coupling = coupling * activations.unsqueeze(-1)
+        s = torch.einsum("bij,bijd->bjd", coupling.to(votes.dtype), votes)
+        poses = self.squash(s)
+        return Routed(poses, safe_norm(poses, dim=-1), coupling)

@@ -1,0 +1,135 @@
+"""The Task interface every domain implements, and task lookup.
+
+A task is found by registered name (``@register_task("digits")``), by a
+``package.module:Class`` path in the recipe, or through the ``capsule_kit.tasks``
+entry-point group of an installed package. The engine knows nothing else about
+a domain.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib import metadata
+from pathlib import Path
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
+
+from capsule_kit.config import Recipe
+from capsule_kit.data import Splits
+from capsule_kit.errors import ConfigError
+from capsule_kit.registry import TASKS, RegistryError
+
+BUILTIN_TASKS = ("tasks.digits", "tasks.text", "tasks.graphs", "tasks.points")
+
+
+class Task:
+    """Base class for a domain adapter.
+
+    Subclasses set ``Config`` (a :class:`Recipe` subclass with their sections)
+    and implement :meth:`build_data`, :meth:`build_model`, :meth:`step` and
+    :meth:`metrics`. ``monitor``/``monitor_mode`` choose the metric behind the
+    ``best`` checkpoint.
+
+    Attributes:
+        cfg: The validated recipe.
+        progress: Fraction of training done in [0, 1], set by the engine before
+            each step (for schedules such as the spread-loss margin).
+
+    """
+
+    Config: ClassVar[type[Recipe]] = Recipe
+    monitor: ClassVar[str] = "accuracy"
+    monitor_mode: ClassVar[str] = "max"
+
+    def __init__(self, cfg: Recipe) -> None:
+        self.cfg = cfg
+        self.progress = 0.0
+
+    def check_data(self) -> None:
+        """Raise DataError if the data cannot be found (``--validate`` calls this; cheap)."""
+
+    def folds(self) -> list[Any]:
+        """Cross-validation folds; the runner trains one model per entry (default: one run)."""
+        return [None]
+
+    def build_data(self, fold: Any = None) -> Splits:
+        """Datasets for one fold."""
+        raise NotImplementedError
+
+    def build_model(self) -> nn.Module:
+        """A fresh model from ``capsule_kit`` parts."""
+        raise NotImplementedError
+
+    def step(self, model: nn.Module, batch: Any, *, train: bool) -> dict[str, Any]:
+        """One forward pass (and loss).
+
+        Returns:
+            ``{"loss": scalar Tensor, "n": batch size, "log": {name: float}, "out": {name: Tensor}}``;
+            ``log`` values are averaged for the progress bar, ``out`` tensors are
+            gathered (detached, on CPU) over an evaluation pass for :meth:`metrics`.
+
+        """
+        raise NotImplementedError
+
+    def metrics(self, outputs: list[dict[str, Tensor]]) -> dict[str, float]:
+        """Metrics of an evaluation pass from the gathered ``out`` dicts."""
+        return {}
+
+    def pictures(self, model: nn.Module, data: Splits, run_dir: Path, device: Any) -> dict[str, Any]:
+        """Write figures/files for people to look at; return extra results (plain data)."""
+        return {}
+
+
+def register_task(name: str, *, aliases: tuple[str, ...] = ()):
+    """Class decorator registering a :class:`Task` subclass under ``name``."""
+
+    def deco(cls: type[Task]) -> type[Task]:
+        if not (isinstance(cls, type) and issubclass(cls, Task)):
+            raise TypeError(f"register_task('{name}') expects a Task subclass, got {cls!r}")
+        TASKS.register(name, aliases=aliases)(cls)
+        return cls
+
+    return deco
+
+
+def _import_builtin_tasks() -> None:
+    for module in BUILTIN_TASKS:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:  # a domain whose optional extra is missing
+            if exc.name and exc.name.split(".")[0] in ("tasks",):
+                raise
+
+
+def _load_entry_points() -> None:
+    for ep in metadata.entry_points(group="capsule_kit.tasks"):
+        if ep.name not in TASKS:
+            obj = ep.load()
+            if isinstance(obj, type) and issubclass(obj, Task) and ep.name not in TASKS:
+                TASKS.register(ep.name)(obj)
+
+
+def _from_path(spec: str) -> type[Task]:
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"task '{spec}': cannot import module '{module_name}' ({exc})") from None
+    obj = getattr(module, attr, None)
+    if not (isinstance(obj, type) and issubclass(obj, Task)):
+        raise ConfigError(f"task '{spec}': '{attr}' is not a Task subclass in {module_name}")
+    return obj
+
+
+def resolve_task(spec: str) -> type[Task]:
+    """Task class for a recipe's ``task`` value (name, alias or ``module:Class``)."""
+    if ":" in spec:
+        return _from_path(spec)
+    if spec not in TASKS:
+        _import_builtin_tasks()
+        _load_entry_points()
+    try:
+        return TASKS.get(spec)
+    except RegistryError as exc:
+        raise ConfigError(f"task: {exc}") from None
