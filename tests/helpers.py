@@ -1,0 +1,32 @@
+"""Run the real CLI in a subprocess (as a user would)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600):
+    """``python -m capsule_kit.run ARGS``; returns the CompletedProcess (text)."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "capsule_kit.run", *args],
+        cwd=cwd or REPO, env=full_env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def only_run_dir(output_dir: Path) -> Path:
+    """The single run directory created under ``output_dir``."""
+    dirs = [p for p in Path(output_dir).iterdir() if p.is_dir()]
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+def results(run_dir: Path) -> dict:
+    """Parsed ``results.json`` of a run."""
+    return json.loads((run_dir / "results.json").read_text())
