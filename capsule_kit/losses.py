@@ -46,15 +46,19 @@ def spread_margin(step: int, total_steps: int, start: float = 0.2, end: float = 
 def spread_loss(activations: Tensor, targets: Tensor, margin: float = 0.9) -> Tensor:
     """Spread loss ``sum_{i != t} max(0, m - (a_t - a_i))^2`` (Hinton et al. 2018), mean over batch.
 
+    With one-hot targets this is the paper's loss; with multi-hot targets every
+    (target t, non-target i) pair contributes, so each present class must beat
+    every absent one by the margin.
+
     Shapes:
         activations: [B, C]
-        targets: [B] class indices
+        targets: [B] class indices or [B, C] one/multi-hot
         returns: scalar
     """
-    a_t = activations.gather(1, targets.long().view(-1, 1))  # [B, 1]
-    gaps = F.relu(margin - (a_t - activations)).pow(2)
-    gaps = gaps.scatter(1, targets.long().view(-1, 1), 0.0)
-    return gaps.sum(dim=-1).mean()
+    t = as_targets(targets, activations.shape[-1], activations.dtype)  # [B, C]
+    gaps = F.relu(margin - (activations.unsqueeze(-1) - activations.unsqueeze(-2))).pow(2)  # [B, C_t, C_i]
+    pairs = t.unsqueeze(-1) * (1.0 - t).unsqueeze(-2)  # target t, non-target i
+    return (gaps * pairs).sum(dim=(-2, -1)).mean()
 
 
 def reconstruction_loss(reconstruction: Tensor, target: Tensor, scale: float = 0.0005) -> Tensor:

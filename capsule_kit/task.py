@@ -97,8 +97,8 @@ def _import_builtin_tasks() -> None:
     for module in BUILTIN_TASKS:
         try:
             importlib.import_module(module)
-        except ImportError as exc:  # a domain whose optional extra is missing
-            if exc.name and exc.name.split(".")[0] in ("tasks",):
+        except ModuleNotFoundError as exc:  # the domain package itself is absent (not installed)
+            if exc.name not in ("tasks", module):
                 raise
 
 

@@ -44,7 +44,8 @@ class AttentionRouting(Routing):
         """Shapes: votes [B, N_i, N_o, D_o] -> poses [B, N_o, D_o], coupling [B, N_i, N_o]."""
         total = votes.sum(dim=1, keepdim=True)  # [B, 1, N_o, D_o]
         scores = (votes * total).sum(-1) / math.sqrt(votes.shape[-1])  # [B, N_i, N_o]
-        coupling = torch.softmax(scores.float(), dim=-1) + self.prior
+        # Softmax in at least fp32 (bf16 under autocast); fp64 stays fp64.
+        coupling = torch.softmax(scores.to(torch.promote_types(scores.dtype, torch.float32)), dim=-1) + self.prior
         if activations is not None:
             coupling = coupling * activations.unsqueeze(-1)
         s = torch.einsum("bij,bijd->bjd", coupling.to(votes.dtype), votes)

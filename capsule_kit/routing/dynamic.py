@@ -77,7 +77,8 @@ class DynamicRouting(Routing):
         u = _route_major(votes)  # [B, N_o, N_i, D_o]
         u_detached = u.detach()
         batch, n_out, n_in, _ = u.shape
-        logits = u.new_zeros(batch, n_out, n_in, dtype=torch.float32)  # [B, N_o, N_i]
+        # Logits in at least fp32 (bf16 votes under autocast), fp64 stays fp64 (gradcheck).
+        logits = u.new_zeros(batch, n_out, n_in, dtype=torch.promote_types(u.dtype, torch.float32))  # [B, N_o, N_i]
         for it in range(self.iterations):
             coupling = leaky_softmax(logits, 1) if self.leaky else torch.softmax(logits, dim=1)
             if activations is not None:  # coefficient amendment: scale by child activation
@@ -87,8 +88,9 @@ class DynamicRouting(Routing):
             s = torch.matmul(coupling.to(src.dtype).unsqueeze(2), src).squeeze(2)  # [B, N_o, D_o]
             poses = self.squash(s)
             if not last:
-                agree = torch.matmul(u_detached, poses.unsqueeze(-1)).squeeze(-1)  # [B, N_o, N_i]
-                logits = logits + agree.float()
+                # v^T u^T rather than u v: the same numbers, ~2x faster on CPU for input-major votes
+                agree = torch.matmul(poses.unsqueeze(2), u_detached.transpose(-1, -2)).squeeze(2)  # [B, N_o, N_i]
+                logits = logits + agree.to(logits.dtype)
         return Routed(poses, safe_norm(poses, dim=-1), coupling.transpose(1, 2))
 
     def extra_repr(self) -> str:

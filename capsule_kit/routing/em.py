@@ -99,8 +99,8 @@ class EMRouting(Routing):
 
     def route(self, votes: Tensor, activations: Tensor | None) -> Routed:
         """Shapes: votes [B, N_i, N_o, 16], activations [B, N_i] -> poses [B, N_o, 16], activations [B, N_o]."""
-        v = votes.float()  # EM statistics in fp32 even under autocast
-        a_in = v.new_ones(v.shape[:2]) if activations is None else activations.float()
+        v = votes.to(torch.promote_types(votes.dtype, torch.float32))  # EM statistics in >= fp32 even under autocast
+        a_in = v.new_ones(v.shape[:2]) if activations is None else activations.to(v.dtype)
         assign = v.new_full(v.shape[:3], 1.0 / v.shape[2])
         for it in range(self.iterations):
             mu, var, logit = self.m_step(v, assign, a_in, self.inverse_temperature(it))

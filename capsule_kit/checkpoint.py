@@ -1,0 +1,107 @@
+"""Atomic, safe checkpoints.
+
+A checkpoint is a dict of tensors and plain data (model/optimizer/scheduler
+state, RNG states, counters, the resolved recipe). It is written to a temporary
+file in the same folder, fsync'ed and renamed over the target, so a crash never
+leaves a half-written file; it is read with ``torch.load(weights_only=True)``,
+so a file someone sent you cannot run code.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from capsule_kit.errors import CheckpointError
+
+FORMAT = "capsule-kit/1"
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(file_object)`` on a temp file next to ``path``, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Atomically write a text file."""
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy and torch (CPU and CUDA) RNG states as tensors/plain data."""
+    np_state = np.random.get_state()
+    state = {
+        "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Atomically save a checkpoint dict (adds the format tag)."""
+    data = {"format": FORMAT, **payload}
+    atomic_write(Path(path), lambda f: torch.save(data, f))
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a checkpoint safely.
+
+    Raises:
+        CheckpointError: missing, truncated, not a capsule-kit checkpoint, or
+            carrying objects other than tensors and plain data (e.g. code).
+    """
+    p = Path(path)
+    if p.is_dir():
+        p = p / "checkpoints" / "last.pt" if (p / "checkpoints").is_dir() else p / "last.pt"
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    try:
+        data = torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
+        raise CheckpointError(
+            f"{p}: refused: holds objects other than tensors and plain data ({first[:160]})"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise CheckpointError(f"{p}: unreadable or truncated checkpoint ({str(exc).splitlines()[0][:160]})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(f"{p}: not a capsule-kit checkpoint (no '{FORMAT}' format tag)")
+    return data

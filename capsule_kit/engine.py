@@ -1,0 +1,315 @@
+"""The training loop: epochs, evaluation, progress, metrics.jsonl, checkpoints.
+
+Knows nothing about images, text, graphs or points: it calls the task's
+``step``/``metrics`` and moves batches with :func:`capsule_kit.data.move_to`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+from tqdm import tqdm
+
+from capsule_kit.checkpoint import rng_state, save_checkpoint
+from capsule_kit.config import TrainerConfig
+from capsule_kit.data import Splits, move_to
+from capsule_kit.distributed import DistInfo, ResumableSampler
+from capsule_kit.metrics import scalars
+from capsule_kit.task import Task
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Interrupted(Exception):
+    """Training stopped by SIGINT/SIGTERM after saving ``checkpoints/last.pt``."""
+
+    def __init__(self, run_dir: Path, signum: int) -> None:
+        super().__init__(f"interrupted by signal {signum}: checkpoint saved; resume with --resume {run_dir}")
+        self.run_dir, self.signum = run_dir, signum
+
+
+class StopFlag:
+    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the next step boundary and stops."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> StopFlag:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signal = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+@dataclass
+class LoopState:
+    """Counters saved in checkpoints."""
+
+    epoch: int = 0  # completed epochs
+    batch_in_epoch: int = 0  # batches done in the current (unfinished) epoch
+    step: int = 0
+    best: float | None = None
+    examples: int = 0
+    train_time: float = 0.0
+    history: list[dict] = field(default_factory=list)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under DDP and torch.compile wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+def make_loader(dataset: Dataset, splits: Splits, cfg: TrainerConfig, *, train: bool, info: DistInfo) -> DataLoader:
+    """DataLoader with a seeded, resumable (and DDP-sharded) sampler for training."""
+    batch = cfg.batch_size if train else (cfg.eval_batch_size or cfg.batch_size)
+    sampler = None
+    if train and not isinstance(dataset, IterableDataset):
+        sampler = ResumableSampler(dataset, info, cfg.seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch,
+        sampler=sampler,
+        collate_fn=splits.collate,
+        num_workers=cfg.num_workers,
+        drop_last=False,
+        generator=torch.Generator().manual_seed(cfg.seed),  # own generator: global RNG untouched
+    )
+
+
+def autocast(device: torch.device, precision: str):
+    """Autocast context for ``bf16``/``fp16``; a no-op for ``fp32``."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=DTYPES[precision])
+
+
+@torch.no_grad()
+def evaluate(task: Task, model: nn.Module, loader: DataLoader, device: torch.device, cfg: TrainerConfig) -> dict:
+    """One pass over ``loader``: mean loss plus ``task.metrics`` of the gathered outputs."""
+    model.eval()
+    outputs, loss_sum, count = [], 0.0, 0
+    for i, batch in enumerate(loader):
+        if cfg.eval_max_steps is not None and i >= cfg.eval_max_steps:
+            break
+        with autocast(device, cfg.precision):
+            res = task.step(model, move_to(batch, device), train=False)
+        loss_sum += float(res["loss"]) * res["n"]
+        count += res["n"]
+        outputs.append(
+            {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu() for k, v in res["out"].items()}
+        )
+    metrics = task.metrics(outputs) if outputs else {}
+    return {"loss": loss_sum / max(count, 1), **metrics}
+
+
+class Trainer:
+    """Runs epochs of ``task.step`` with an optimizer; checkpoints to ``run_dir/checkpoints``.
+
+    Args:
+        task: The task.
+        model: The (possibly DDP/compiled) model.
+        optimizer: Optimizer.
+        scheduler: Per-epoch LR scheduler.
+        splits: The data.
+        cfg: Trainer options.
+        device: Device.
+        info: Distributed info (rank 0 writes files).
+        run_dir: Run directory.
+        extra_state: Plain data stored in every checkpoint (recipe, fold, fold results).
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        splits: Splits,
+        cfg: TrainerConfig,
+        device: torch.device,
+        info: DistInfo,
+        run_dir: Path,
+        extra_state: dict,
+    ) -> None:
+        self.task, self.model, self.opt, self.sched, self.splits = task, model, optimizer, scheduler, splits
+        self.cfg, self.device, self.info, self.run_dir, self.extra = cfg, device, info, run_dir, extra_state
+        self.state = LoopState()
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16" and device.type == "cuda")
+        self.train_loader = make_loader(splits.train, splits, cfg, train=True, info=info)
+        self.eval_loader = make_loader(splits.val or splits.test, splits, cfg, train=False, info=info)
+        self.metrics_file = run_dir / "metrics.jsonl"
+        self.writer = self._tensorboard() if info.main and cfg.tensorboard else None
+
+    # -- state -----------------------------------------------------------------
+    def checkpoint_payload(self) -> dict:
+        """Everything needed to resume: weights, optimizer, scheduler, scaler, RNG, counters."""
+        return {
+            **self.extra,
+            "model": unwrap(self.model).state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_state(),
+            "loop": self.state.__dict__.copy(),
+        }
+
+    def load_state(self, ckpt: dict) -> None:
+        """Restore from a checkpoint dict (RNG states are restored by the caller last)."""
+        unwrap(self.model).load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.sched.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.state = LoopState(**ckpt["loop"])
+
+    def save(self, name: str) -> None:
+        if self.info.main:
+            save_checkpoint(self.run_dir / "checkpoints" / f"{name}.pt", self.checkpoint_payload())
+
+    # -- loop ------------------------------------------------------------------
+    def total_steps(self) -> int:
+        per_epoch = len(self.train_loader) if hasattr(self.train_loader, "__len__") else 0
+        total = per_epoch * self.cfg.epochs if per_epoch else self.cfg.max_steps or 0
+        return min(total, self.cfg.max_steps) if self.cfg.max_steps else total
+
+    def fit(self, stop: StopFlag) -> bool:
+        """Train until ``epochs``/``max_steps``; return False if stopped by a signal."""
+        while self.state.epoch < self.cfg.epochs and not self._max_steps_reached():
+            finished = self.train_epoch(stop)
+            if stop.signal is not None:
+                self.save("last")
+                return False
+            if finished or self._max_steps_reached():
+                self.end_epoch(partial=not finished)
+        return True
+
+    def _max_steps_reached(self) -> bool:
+        return self.cfg.max_steps is not None and self.state.step >= self.cfg.max_steps
+
+    def train_epoch(self, stop: StopFlag) -> bool:
+        """Run (the rest of) one epoch; True if it ran to the end of the data."""
+        st, cfg = self.state, self.cfg
+        sampler = self.train_loader.sampler
+        if isinstance(sampler, ResumableSampler):
+            sampler.start(st.epoch, st.batch_in_epoch * cfg.batch_size)
+        self.model.train()
+        total, t0, seen, avg = self.total_steps(), time.perf_counter(), 0, {}
+        bar = tqdm(
+            self.train_loader,
+            desc=f"epoch {st.epoch + 1}/{cfg.epochs}",
+            leave=False,
+            file=sys.stderr,
+            disable=not (self.info.main and cfg.progress),
+            mininterval=1.0,
+            dynamic_ncols=True,
+        )
+        for batch in bar:
+            self.task.progress = st.step / max(total, 1)
+            res = self.train_step(move_to(batch, self.device))
+            st.step, st.batch_in_epoch, seen = st.step + 1, st.batch_in_epoch + 1, seen + res["n"]
+            logs = {"loss": float(res["loss"].detach()), **res.get("log", {})}
+            avg = {k: 0.9 * avg.get(k, v) + 0.1 * v for k, v in logs.items()} if avg else logs
+            rate = seen / max(time.perf_counter() - t0, 1e-9)
+            bar.set_postfix({**{k: f"{v:.4f}" for k, v in avg.items()}, "ex/s": f"{rate:.0f}"}, refresh=False)
+            if st.step % cfg.log_every == 0:
+                self.log(
+                    {
+                        "kind": "train",
+                        "epoch": st.epoch + 1,
+                        "step": st.step,
+                        **logs,
+                        "lr": self.opt.param_groups[0]["lr"],
+                        "ex_per_s": rate,
+                    }
+                )
+            if stop.signal is not None or self._max_steps_reached():
+                break
+        bar.close()
+        st.examples, st.train_time = st.examples + seen, st.train_time + time.perf_counter() - t0
+        done = st.batch_in_epoch >= len(self.train_loader) if hasattr(self.train_loader, "__len__") else True
+        return done and stop.signal is None
+
+    def train_step(self, batch: Any) -> dict:
+        """Forward, backward (scaled for fp16), clip, optimizer step."""
+        with autocast(self.device, self.cfg.precision):
+            res = self.task.step(self.model, batch, train=True)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(res["loss"]).backward()
+        if self.cfg.grad_clip:
+            self.scaler.unscale_(self.opt)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        return res
+
+    def end_epoch(self, partial: bool) -> None:
+        """Evaluate, log the epoch line, step the LR schedule, save last/best."""
+        st = self.state
+        if not partial:
+            st.epoch, st.batch_in_epoch = st.epoch + 1, 0
+            self.sched.step()
+        row = {"kind": "epoch", "epoch": st.epoch, "step": st.step}
+        if self.info.main and (partial or st.epoch % self.cfg.eval_every == 0 or st.epoch == self.cfg.epochs):
+            ev = evaluate(self.task, unwrap(self.model), self.eval_loader, self.device, self.cfg)
+            row.update({f"val_{k}": v for k, v in scalars(ev).items()})
+            self._track_best(scalars(ev))
+        row.update({"train_time_s": round(st.train_time, 3), "ex_per_s": st.examples / max(st.train_time, 1e-9)})
+        st.history.append(row)
+        self.log(row)
+        self.save("last")
+        if self.info.main:
+            shown = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("val_"))
+            tqdm.write(
+                f"epoch {st.epoch}/{self.cfg.epochs}  step {st.step}  {shown}  "
+                f"{row['ex_per_s']:.0f} ex/s  {st.train_time:.0f}s",
+                file=sys.stderr,
+            )
+
+    def _track_best(self, metrics: dict[str, float]) -> None:
+        value = metrics.get(self.task.monitor)
+        if value is None:
+            return
+        better = self.state.best is None or (
+            value > self.state.best if self.task.monitor_mode == "max" else value < self.state.best
+        )
+        if better:
+            self.state.best = value
+            self.save("best")
+
+    def log(self, row: dict) -> None:
+        """Append one line to metrics.jsonl (rank 0), and to TensorBoard when enabled."""
+        if not self.info.main:
+            return
+        with self.metrics_file.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.writer is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k not in ("step", "epoch"):
+                    self.writer.add_scalar(f"{row['kind']}/{k}", v, row["step"])
+
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            from capsule_kit.errors import ConfigError
+
+            raise ConfigError("trainer.tensorboard: needs tensorboard (pip install 'capsule-kit[tb]')") from None
+        return SummaryWriter(str(self.run_dir / "tb"))

@@ -1,0 +1,72 @@
+"""Digits models: the registered capsule_kit builders, configured from the recipe."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+from torch import nn
+
+from capsule_kit.config import Strict
+from capsule_kit.errors import ConfigError
+from capsule_kit.registry import MODELS, ROUTING, RegistryError
+
+
+class RoutingConfig(Strict):
+    """Routing of the class capsule layer."""
+
+    name: str = Field("dynamic", description="Routing algorithm (dynamic, em, attention).")
+    iterations: int = Field(3, ge=1, description="Routing iterations.")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        try:
+            return ROUTING.resolve(v)
+        except RegistryError as exc:
+            raise ValueError(str(exc)) from None
+
+
+class ModelConfig(Strict):
+    """Which capsule network to build."""
+
+    name: str = Field(
+        "capsnet",
+        description="Registered model: capsnet, capsnet_tiny, efficient_capsnet, "
+        "efficient_capsnet_tiny, matrix_capsnet, matrix_capsnet_tiny.",
+    )
+    routing: RoutingConfig = Field(default_factory=RoutingConfig, description="Class-capsule routing.")
+    decoder: bool = Field(True, description="Reconstruction decoder (CapsNet and Efficient-CapsNet).")
+    shared: Literal["none", "positions", "inputs"] = Field("none", description="Class-capsule transform sharing.")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        try:
+            return MODELS.resolve(v)
+        except RegistryError as exc:
+            raise ValueError(str(exc)) from None
+
+
+def model_family(name: str) -> str:
+    """``capsnet``, ``efficient`` or ``matrix`` for a registered model name."""
+    for family in ("efficient", "matrix"):
+        if name.startswith(family):
+            return family
+    return "capsnet"
+
+
+def build_digits_model(cfg: ModelConfig, input_shape: tuple[int, int, int], num_classes: int, mask_k: int) -> nn.Module:
+    """Build the recipe's model for images of ``input_shape``."""
+    family = model_family(cfg.name)
+    kwargs: dict = {"input_shape": input_shape, "num_classes": num_classes}
+    if family == "matrix":
+        kwargs["iterations"] = cfg.routing.iterations
+    else:
+        kwargs.update(decoder=cfg.decoder, mask_k=mask_k)
+    if family == "capsnet":
+        kwargs.update(routing=cfg.routing.name, routing_iterations=cfg.routing.iterations, shared=cfg.shared)
+    try:
+        return MODELS.build(cfg.name, **kwargs)
+    except ValueError as exc:
+        raise ConfigError(f"model: {exc}") from None

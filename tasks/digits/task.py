@@ -1,0 +1,156 @@
+"""The digits task: MNIST and MultiMNIST with CapsNet, Efficient-CapsNet or matrix capsules.
+
+Shapes: B batch, N_o classes, D_o class capsule dim, H, W image size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from capsule_kit.config import Recipe, Strict
+from capsule_kit.data import Splits, TensorPairs
+from capsule_kit.engine import unwrap
+from capsule_kit.layers import mask_capsules
+from capsule_kit.losses import margin_loss, reconstruction_loss, spread_loss, spread_margin
+from capsule_kit.metrics import classification_metrics
+from capsule_kit.task import Task, register_task
+from tasks.digits.data import load_mnist, mnist_dir, multimnist, multimnist_test_set, random_shift
+from tasks.digits.model import ModelConfig, build_digits_model, model_family
+from tasks.digits.pictures import digits_pictures
+
+
+class DataConfig(Strict):
+    """MNIST / MultiMNIST data."""
+
+    dataset: Literal["mnist", "multimnist"] = Field("mnist", description="mnist, or multimnist (two overlaid digits).")
+    root: str | None = Field(None, description="Folder with the MNIST idx files (default: data root, else vendored).")
+    shift: int | None = Field(None, ge=0, description="Max random shift in pixels (default 2 for mnist, 4 multimnist).")
+    train_limit: int | None = Field(None, ge=1, description="Use only the first N training images.")
+    test_limit: int | None = Field(None, ge=1, description="Use only the first N test images.")
+    canvas: int = Field(36, ge=28, description="MultiMNIST image size.")
+    test_pairs: int = Field(10000, ge=1, description="MultiMNIST: size of the fixed, seeded test set.")
+
+
+class LossConfig(Strict):
+    """Margin (or spread) loss plus reconstruction."""
+
+    kind: Literal["margin", "spread"] = Field("margin", description="margin (Sabour) or spread (Hinton 2018).")
+    m_pos: float = Field(0.9, description="Margin loss m+.")
+    m_neg: float = Field(0.1, description="Margin loss m-.")
+    lam: float = Field(0.5, description="Margin loss down-weighting of absent classes.")
+    recon_weight: float = Field(0.0005, ge=0, description="Scale of the summed squared reconstruction error.")
+    spread_start: float = Field(0.2, description="Spread-loss margin at the start of training.")
+    spread_end: float = Field(0.9, description="Spread-loss margin at the end of training.")
+
+
+class DigitsConfig(Recipe):
+    task: str = "digits"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+
+
+@register_task("digits", aliases=("mnist",))
+class DigitsTask(Task):
+    """MNIST / MultiMNIST classification (+ reconstruction) with capsule networks."""
+
+    Config = DigitsConfig
+
+    @property
+    def multi(self) -> bool:
+        return self.cfg.data.dataset == "multimnist"
+
+    @property
+    def max_shift(self) -> int:
+        return self.cfg.data.shift if self.cfg.data.shift is not None else (4 if self.multi else 2)
+
+    def check_data(self) -> None:
+        mnist_dir(self.cfg.data.root)
+
+    def build_data(self, fold: Any = None) -> Splits:
+        d = self.cfg.data
+        x_tr, y_tr = load_mnist(d.root, "train")
+        x_te, y_te = load_mnist(d.root, "test")
+        x_tr, y_tr = x_tr[: d.train_limit], y_tr[: d.train_limit]
+        x_te, y_te = x_te[: d.test_limit], y_te[: d.test_limit]
+        if self.multi:
+            merged, labels, digits = multimnist_test_set(
+                x_te, y_te, d.test_pairs, self.cfg.trainer.seed + 1, d.canvas, self.max_shift
+            )
+            test = TensorPairs(merged, labels, digits)
+        else:
+            test = TensorPairs(x_te, y_te)
+        return Splits(train=TensorPairs(x_tr, y_tr), test=test, info={"train": len(x_tr), "test": len(test)})
+
+    def build_model(self) -> nn.Module:
+        size = self.cfg.data.canvas if self.multi else 28
+        return build_digits_model(self.cfg.model, (1, size, size), 10, mask_k=2 if self.multi else 1)
+
+    def prepare(self, batch: tuple, train: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Float images in [0, 1], labels [B] or [B, 2], and (MultiMNIST) the two digits alone."""
+        if self.multi and train:
+            x, y = batch
+            return multimnist(x.float() / 255, y, self.cfg.data.canvas, self.max_shift)
+        if self.multi:
+            x, y, digits = batch
+            return x.float() / 255, y, digits.float() / 255
+        x, y = batch
+        x = x.float() / 255
+        return (random_shift(x, self.max_shift) if train else x), y, None
+
+    def step(self, model: nn.Module, batch: tuple, *, train: bool) -> dict[str, Any]:
+        x, y, digits = self.prepare(batch, train)
+        first = y[:, 0] if self.multi else y
+        out = model(x, first)
+        loss = self.class_loss(out.lengths, y)
+        if out.reconstruction is not None and self.cfg.loss.recon_weight > 0:
+            loss = loss + self.recon_loss(model, out, x, y, digits)
+        pred = out.lengths.detach().float().topk(2 if self.multi else 1, dim=-1).indices
+        hit = self.hits(pred, y)
+        return {
+            "loss": loss,
+            "n": len(x),
+            "log": {"acc": float(hit.float().mean())},
+            "out": {"lengths": out.lengths.detach(), "y": y},
+        }
+
+    def class_loss(self, lengths: Tensor, y: Tensor) -> Tensor:
+        c = self.cfg.loss
+        if c.kind == "spread":
+            margin = spread_margin(int(self.progress * 1000), 1000, c.spread_start, c.spread_end)
+            return spread_loss(lengths, y if y.dim() == 1 else y[:, 0], margin)
+        target = y if y.dim() == 1 else torch.zeros_like(lengths).scatter_(1, y, 1.0)
+        return margin_loss(lengths.float(), target, c.m_pos, c.m_neg, c.lam)
+
+    def recon_loss(self, model: nn.Module, out: Any, x: Tensor, y: Tensor, digits: Tensor | None) -> Tensor:
+        w = self.cfg.loss.recon_weight
+        if not self.multi:
+            return reconstruction_loss(out.reconstruction, x, w)
+        # Sabour: reconstruct each digit from its own capsule, against that digit alone.
+        other = unwrap(model).decoder(mask_capsules(out.poses, y[:, 1]))
+        return reconstruction_loss(out.reconstruction, digits[:, 0], w) + reconstruction_loss(other, digits[:, 1], w)
+
+    @staticmethod
+    def hits(pred: Tensor, y: Tensor) -> Tensor:
+        """MNIST: top-1 correct. MultiMNIST: both digits among the two longest capsules."""
+        if y.dim() == 1:
+            return pred[:, 0] == y
+        return ((pred == y[:, :1]).any(1)) & ((pred == y[:, 1:]).any(1))
+
+    def metrics(self, outputs: list[dict[str, Tensor]]) -> dict[str, Any]:
+        lengths = torch.cat([o["lengths"] for o in outputs])
+        y = torch.cat([o["y"] for o in outputs])
+        if self.multi:
+            acc = float(self.hits(lengths.topk(2, dim=-1).indices, y).float().mean())
+            self.last_metrics = {"accuracy": acc, "error": 1.0 - acc}
+        else:
+            self.last_metrics = classification_metrics(lengths.argmax(-1), y, lengths.shape[-1])
+        return self.last_metrics
+
+    def pictures(self, model: nn.Module, data: Splits, run_dir: Path, device: Any) -> dict[str, Any]:
+        return digits_pictures(self, model, data, run_dir, device)
