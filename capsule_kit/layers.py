@@ -137,12 +137,14 @@ class DenseCaps(nn.Module):
 
     def forward(self, u: Tensor, activations: Tensor | None = None) -> Routed:
         """Shapes: u [B, N_i, D_i], activations [B, N_i] -> Routed(poses [B, N_o, D_o], ...)."""
-        chunk = self._chunk(u)
-        if chunk >= u.shape[0]:
+        batch, chunk = u.shape[0], self._chunk(u)
+        if chunk >= batch:
             return self.routing(self.votes(u), activations)
+        n = -(-batch // chunk)
+        sizes = [batch // n + (k < batch % n) for k in range(n)]  # balanced: no tiny last chunk
         # split (not slicing): its backward writes each chunk's gradient once, no zero-filled full-size copies
-        acts = [None] * len(range(0, u.shape[0], chunk)) if activations is None else activations.split(chunk)
-        parts = [self.routing(self.votes(x), a) for x, a in zip(u.split(chunk), acts)]
+        acts = [None] * n if activations is None else activations.split(sizes)
+        parts = [self.routing(self.votes(x), a) for x, a in zip(u.split(sizes), acts)]
         return Routed(*(torch.cat(p, dim=0) for p in zip(*parts)))
 
     def _chunk(self, u: Tensor) -> int:

@@ -219,7 +219,8 @@ def eval_checkpoint(cfg: Recipe, task_cls: type[Task], path: str) -> dict:
     try:
         model.load_state_dict(ckpt["model"])
     except (RuntimeError, KeyError) as exc:
-        raise CheckpointError(f"{path}: weights do not fit this recipe's model ({str(exc).splitlines()[0][:200]})")
+        msg = str(exc).splitlines()[0][:200]
+        raise CheckpointError(f"{path}: weights do not fit this recipe's model ({msg})") from None
     metrics = evaluate(
         task, model, make_loader(splits.test, splits, cfg.trainer, train=False, info=info), device, cfg.trainer
     )

@@ -20,7 +20,7 @@ from capsule_kit.losses import margin_loss, reconstruction_loss, spread_loss, sp
 from capsule_kit.metrics import classification_metrics
 from capsule_kit.task import Task, register_task
 from tasks.digits.data import load_mnist, mnist_dir, multimnist, multimnist_test_set, random_shift
-from tasks.digits.model import ModelConfig, build_digits_model, model_family
+from tasks.digits.model import ModelConfig, build_digits_model
 from tasks.digits.pictures import digits_pictures
 
 
