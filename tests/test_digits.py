@@ -1,0 +1,87 @@
+"""Digits: idx reading, shift augmentation, MultiMNIST, metrics, and every digits recipe via the CLI."""
+
+from __future__ import annotations
+
+import gzip
+
+import pytest
+import torch
+
+from capsule_kit.errors import DataError
+from tasks.digits.data import load_mnist, multimnist, multimnist_test_set, random_shift, read_idx
+from tasks.digits.task import DigitsTask
+from tests.helpers import only_run_dir, results, run_cli
+
+
+def test_vendored_mnist_has_official_counts():
+    x, y = load_mnist(None, "test")
+    assert x.shape == (10000, 1, 28, 28) and x.dtype == torch.uint8
+    assert torch.bincount(y).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def test_read_idx_rejects_truncated_and_foreign_files(tmp_path):
+    header = bytes([0, 0, 8, 1]) + (5).to_bytes(4, "big")
+    (tmp_path / "short.gz").write_bytes(gzip.compress(header + b"abc"))
+    with pytest.raises(DataError, match="truncated"):
+        read_idx(tmp_path / "short.gz")
+    (tmp_path / "x.idx").write_bytes(b"PK\x03\x04 not an idx file")
+    with pytest.raises(DataError, match="magic"):
+        read_idx(tmp_path / "x.idx")
+
+
+def test_random_shift_moves_content_without_wrapping():
+    torch.manual_seed(0)
+    x = torch.zeros(64, 1, 28, 28)
+    x[:, :, 10:18, 10:18] = 1.0
+    out = random_shift(x, 2)
+    assert out.shape == x.shape
+    assert torch.equal(out.sum((1, 2, 3)), x.sum((1, 2, 3)))  # a centred blob never leaves the frame
+    rows = out[:, 0].sum(2).nonzero()[:, 1].view(64, -1)[:, 0]
+    assert set((rows - 10).tolist()) <= set(range(-2, 3)) and len(set(rows.tolist())) > 1
+
+
+def test_multimnist_pairs_differ_and_overlay():
+    x, y = load_mnist(None, "test")
+    xf = x[:200].float() / 255
+    torch.manual_seed(0)
+    merged, labels, digits = multimnist(xf, y[:200])
+    assert merged.shape == (200, 1, 36, 36) and digits.shape == (200, 2, 1, 36, 36)
+    assert (labels[:, 0] != labels[:, 1]).all()
+    assert torch.allclose(merged, (digits[:, 0] + digits[:, 1]).clamp(max=1))
+    assert torch.allclose(digits[:, 0].sum((1, 2, 3)), xf.sum((1, 2, 3)), atol=1e-3)  # shift <= 4 keeps the digit
+    a, la, _ = multimnist_test_set(x[:100], y[:100], 50, seed=3)
+    b, lb, _ = multimnist_test_set(x[:100], y[:100], 50, seed=3)
+    assert torch.equal(a, b) and torch.equal(la, lb)
+
+
+def test_multimnist_hit_needs_both_digits():
+    pred = torch.tensor([[3, 5], [5, 3], [3, 4]])
+    y = torch.tensor([[5, 3], [5, 3], [3, 5]])
+    assert DigitsTask.hits(pred, y).tolist() == [True, True, False]
+
+
+SMOKE = ["trainer.max_steps=2", "trainer.eval_max_steps=2", "trainer.batch_size=8", "trainer.progress=false",
+         "data.train_limit=64", "data.test_limit=64"]
+
+
+@pytest.mark.parametrize(
+    "recipe, extra",
+    [
+        ("recipes/mnist.yaml", []),
+        ("recipes/multimnist.yaml", ["data.test_pairs=32"]),
+        ("recipes/mnist_em.yaml", []),
+        ("recipes/mnist_efficient.yaml", []),
+    ],
+)
+def test_digits_recipe_runs_two_steps_then_resumes(recipe, extra, tmp_path):
+    out = tmp_path / "runs"
+    proc = run_cli(recipe, *SMOKE, *extra, f"output_dir={out}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_dir = only_run_dir(out)
+    assert results(run_dir)["steps"] == 2
+    proc = run_cli("--resume", str(run_dir), "trainer.max_steps=3")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = results(run_dir)
+    assert res["steps"] == 3 and 0.0 <= res["test"]["accuracy"] <= 1.0
+    if "multimnist" in recipe:
+        assert (run_dir / "multimnist_reconstructions.png").exists()
