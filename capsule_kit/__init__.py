@@ -1,15 +1,34 @@
 """capsule-kit: capsule networks across domains on one device-agnostic torch core."""
 
 from capsule_kit import routing
+from capsule_kit.config import Recipe, Strict, TrainerConfig
+from capsule_kit.data import Splits, TensorPairs, cache_dir, data_root
+from capsule_kit.errors import CheckpointError, ConfigError, DataError, UserError
 from capsule_kit.functional import lengths, safe_norm, squash, squash_efficient
 from capsule_kit.layers import CapsuleDecoder, ConvCaps, DenseCaps, PrimaryCaps, PrimaryMatrixCaps, mask_capsules
 from capsule_kit.losses import margin_loss, reconstruction_loss, spread_loss, spread_margin
 from capsule_kit.models import CapsNet, CapsOutput, EfficientCapsNet, MatrixCapsNet
 from capsule_kit.registry import MODELS, ROUTING, TASKS, Registry
+from capsule_kit.run import train_recipe as train  # noqa: E402  (after the modules it uses)
+from capsule_kit.task import Task, register_task
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "Recipe",
+    "Splits",
+    "Strict",
+    "Task",
+    "TensorPairs",
+    "TrainerConfig",
+    "UserError",
+    "cache_dir",
+    "data_root",
+    "register_task",
+    "train",
     "CapsNet",
     "CapsOutput",
     "CapsuleDecoder",

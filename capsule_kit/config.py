@@ -21,9 +21,15 @@ from capsule_kit.registry import nearest
 
 
 class Strict(BaseModel):
-    """Base for recipe sections: unknown keys are errors."""
+    """Base for recipe sections: unknown keys are errors.
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_assignment=True)
+    Numbers given for text fields become text (``name=2024`` is the name "2024"):
+    YAML reads an override's value as a number before the schema is known.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid", protected_namespaces=(), validate_assignment=True, coerce_numbers_to_str=True
+    )
 
 
 class TrainerConfig(Strict):

@@ -24,7 +24,9 @@ from capsule_kit.checkpoint import rng_state, save_checkpoint
 from capsule_kit.config import TrainerConfig
 from capsule_kit.data import Splits, move_to
 from capsule_kit.distributed import DistInfo, ResumableSampler
+from capsule_kit.html import write_report
 from capsule_kit.metrics import scalars
+from capsule_kit.report import plot_curves
 from capsule_kit.task import Task
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -275,6 +277,9 @@ class Trainer:
         st.history.append(row)
         self.log(row)
         self.save("last")
+        if self.info.main:  # a long run can be watched in a browser
+            plot_curves(self.metrics_file, self.run_dir / "curves.png")
+            write_report(self.run_dir)
         if self.info.main:
             shown = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("val_"))
             tqdm.write(

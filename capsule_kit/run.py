@@ -25,6 +25,7 @@ from capsule_kit.config import Recipe, apply_overrides, dump_yaml, read_yaml, to
 from capsule_kit.distributed import DistInfo, barrier, broadcast, init_distributed, pick_device, shutdown
 from capsule_kit.engine import Interrupted, StopFlag, Trainer, evaluate, make_loader, unwrap
 from capsule_kit.errors import CheckpointError, ConfigError, UserError
+from capsule_kit.html import write_report
 from capsule_kit.metrics import scalars
 from capsule_kit.report import plot_curves
 from capsule_kit.task import Task, resolve_task
@@ -45,16 +46,46 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def load_recipe(path: str | Path, overrides: list[str]) -> tuple[Recipe, type[Task]]:
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[Recipe, type[Task]]:
     """Recipe file + overrides -> (validated config, task class); raises ConfigError."""
-    raw = apply_overrides(read_yaml(path), overrides)
+    raw = apply_overrides(read_yaml(path), list(overrides))
+    return config_from_dict(raw, str(path), Path(path).stem, search=Path(path).resolve().parent)
+
+
+def config_from_dict(raw: dict, source: str, name: str, search: Path | None = None) -> tuple[Recipe, type[Task]]:
+    """Raw recipe dict -> (validated config, task class).
+
+    A ``module:Class`` task is imported with the recipe's folder and the working
+    directory on ``sys.path``, so a user's one-file domain next to its recipe works.
+    """
     if "task" not in raw:
-        raise ConfigError(f"{path}: missing key 'task' (a registered task name or 'package.module:Class')")
-    task_cls = resolve_task(str(raw["task"]))
-    cfg = validate(task_cls.Config, raw, str(path))
+        raise ConfigError(f"{source}: missing key 'task' (a registered task name or 'package.module:Class')")
+    spec = str(raw["task"])
+    if ":" in spec:
+        for folder in (str(Path.cwd()), str(search) if search else None):
+            if folder and folder not in sys.path:
+                sys.path.insert(0, folder)
+    task_cls = resolve_task(spec)
+    cfg = validate(task_cls.Config, raw, source)
     if cfg.name is None:
-        cfg.name = Path(path).stem
+        cfg.name = name
     return cfg, task_cls
+
+
+def train_recipe(recipe: str | Path | dict | Recipe, *overrides: str) -> dict:
+    """Library entry point: train a recipe (file, dict or config) and return its results.
+
+    Example:
+        >>> import capsule_kit
+        >>> capsule_kit.train("recipes/mnist.yaml", "trainer.epochs=1")  # doctest: +SKIP
+    """
+    if isinstance(recipe, Recipe):
+        return train(recipe)
+    if isinstance(recipe, dict):
+        cfg, task_cls = config_from_dict(apply_overrides(dict(recipe), list(overrides)), "recipe", "recipe")
+    else:
+        cfg, task_cls = load_recipe(recipe, overrides)
+    return train(cfg, task_cls)
 
 
 def seed_everything(seed: int) -> None:
@@ -189,6 +220,7 @@ def finish(task: Task, cfg: Recipe, trainer: Trainer, ctx: dict, wall: float) ->
         "extra": extra,
     }
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
+    write_report(run_dir)
     shown = "  ".join(f"{k} {v:.4f}" for k, v in scalars(results["test"]).items())
     print(f"test: {shown}\nrun: {run_dir}", file=sys.stderr)
     return results

@@ -3,7 +3,8 @@
 For each output j the votes of all inputs attend to each other:
     A_ij = <u_hat_ij, sum_k u_hat_kj> / sqrt(D_o)       (= sum_k of the self-attention matrix)
     c_ij = softmax_j(A_ij) + b_ij,   s_j = sum_i c_ij u_hat_ij,   v_j = squash_eff(s_j)
-Summing over k first costs O(N_i D_o) per output instead of O(N_i^2 D_o).
+Summing over k first costs O(N_i D_o) per output instead of O(N_i^2 D_o). Both
+contractions are batched matrix products on the votes' [B, N_o, N_i, D_o] view.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from torch import Tensor, nn
 
 from capsule_kit.functional import get_squash, safe_norm
 from capsule_kit.registry import ROUTING
-from capsule_kit.routing.base import Routed, Routing, require
+from capsule_kit.routing.base import Routed, Routing, require, route_major
 
 
 @ROUTING.register("attention", aliases=("self_attention", "efficient"))
@@ -42,12 +43,12 @@ class AttentionRouting(Routing):
 
     def route(self, votes: Tensor, activations: Tensor | None) -> Routed:
         """Shapes: votes [B, N_i, N_o, D_o] -> poses [B, N_o, D_o], coupling [B, N_i, N_o]."""
-        total = votes.sum(dim=1, keepdim=True)  # [B, 1, N_o, D_o]
-        scores = (votes * total).sum(-1) / math.sqrt(votes.shape[-1])  # [B, N_i, N_o]
-        # Softmax in at least fp32 (bf16 under autocast); fp64 stays fp64.
-        coupling = torch.softmax(scores.to(torch.promote_types(scores.dtype, torch.float32)), dim=-1) + self.prior
+        u = route_major(votes)  # [B, N_o, N_i, D_o]
+        total = u.sum(dim=2, keepdim=True)  # [B, N_o, 1, D_o]
+        scores = torch.matmul(total, u.transpose(-1, -2)).squeeze(2) / math.sqrt(u.shape[-1])  # [B, N_o, N_i]
+        # Softmax over outputs (dim 1 here), in at least fp32 (bf16 under autocast); fp64 stays fp64.
+        coupling = torch.softmax(scores.to(torch.promote_types(scores.dtype, torch.float32)), dim=1) + self.prior.t()
         if activations is not None:
-            coupling = coupling * activations.unsqueeze(-1)
-        s = torch.einsum("bij,bijd->bjd", coupling.to(votes.dtype), votes)
-        poses = self.squash(s)
-        return Routed(poses, safe_norm(poses, dim=-1), coupling)
+            coupling = coupling * activations.unsqueeze(1)
+        poses = self.squash(torch.matmul(coupling.to(u.dtype).unsqueeze(2), u).squeeze(2))  # [B, N_o, D_o]
+        return Routed(poses, safe_norm(poses, dim=-1), coupling.transpose(1, 2))

@@ -76,3 +76,17 @@ def require(value: int | None, name: str, routing: str) -> int:
     if value is None:
         raise ValueError(f"{routing} routing needs {name}= (it has per-capsule parameters)")
     return value
+
+
+def route_major(votes: Tensor) -> Tensor:
+    """[B, N_i, N_o, D] -> [B, N_o, N_i, D] that bmm can use without a copy.
+
+    Routing contracts over inputs for each (sample, output) pair: batched
+    matrix-vector products over the (B, N_o) batch. The layers in this package
+    emit input-major votes, for which this is a view; other producers pay one
+    copy here (not one per routing pass).
+    """
+    v = votes.permute(0, 2, 1, 3)  # [B, N_o, N_i, D]
+    if v.stride(0) != v.stride(1) * v.shape[1] and v.shape[0] > 1:
+        v = v.contiguous()
+    return v
