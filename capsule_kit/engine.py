@@ -23,7 +23,7 @@ from tqdm import tqdm
 from capsule_kit.checkpoint import rng_state, save_checkpoint
 from capsule_kit.config import TrainerConfig
 from capsule_kit.data import Splits, move_to
-from capsule_kit.distributed import DistInfo, ResumableSampler
+from capsule_kit.distributed import DistInfo, ResumableSampler, shard_iterable
 from capsule_kit.html import write_report
 from capsule_kit.metrics import scalars
 from capsule_kit.report import plot_curves
@@ -80,11 +80,25 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
+def loader_len(loader: DataLoader) -> int | None:
+    """Batches per epoch, or None for a stream without ``__len__`` (DataLoader's len() raises then)."""
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
 def make_loader(dataset: Dataset, splits: Splits, cfg: TrainerConfig, *, train: bool, info: DistInfo) -> DataLoader:
-    """DataLoader with a seeded, resumable (and DDP-sharded) sampler for training."""
+    """DataLoader with a seeded, resumable (and DDP-sharded) sampler for training.
+
+    Iterable (streaming) training sets have no sampler: under torchrun each rank
+    reads its own part of the stream (:func:`capsule_kit.distributed.shard_iterable`).
+    """
     batch = cfg.batch_size if train else (cfg.eval_batch_size or cfg.batch_size)
     sampler = None
-    if train and not isinstance(dataset, IterableDataset):
+    if train and isinstance(dataset, IterableDataset):
+        dataset = shard_iterable(dataset, info)
+    elif train:
         sampler = ResumableSampler(dataset, info, cfg.seed)
     return DataLoader(
         dataset,
@@ -155,6 +169,7 @@ class Trainer:
         self.task, self.model, self.opt, self.sched, self.splits = task, model, optimizer, scheduler, splits
         self.cfg, self.device, self.info, self.run_dir, self.extra = cfg, device, info, run_dir, extra_state
         self.state = LoopState()
+        self.last_eval: tuple[int, dict] | None = None  # (step, metrics) of the latest evaluation pass
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16" and device.type == "cuda")
         self.train_loader = make_loader(splits.train, splits, cfg, train=True, info=info)
         self.eval_loader = make_loader(splits.val or splits.test, splits, cfg, train=False, info=info)
@@ -188,7 +203,7 @@ class Trainer:
 
     # -- loop ------------------------------------------------------------------
     def total_steps(self) -> int:
-        per_epoch = len(self.train_loader) if hasattr(self.train_loader, "__len__") else 0
+        per_epoch = loader_len(self.train_loader) or 0
         total = per_epoch * self.cfg.epochs if per_epoch else self.cfg.max_steps or 0
         return min(total, self.cfg.max_steps) if self.cfg.max_steps else total
 
@@ -246,7 +261,8 @@ class Trainer:
                 break
         bar.close()
         st.examples, st.train_time = st.examples + seen, st.train_time + time.perf_counter() - t0
-        done = st.batch_in_epoch >= len(self.train_loader) if hasattr(self.train_loader, "__len__") else True
+        per_epoch = loader_len(self.train_loader)
+        done = st.batch_in_epoch >= per_epoch if per_epoch is not None else True
         return done and stop.signal is None
 
     def train_step(self, batch: Any) -> dict:
@@ -268,9 +284,12 @@ class Trainer:
         if not partial:
             st.epoch, st.batch_in_epoch = st.epoch + 1, 0
             self.sched.step()
-        row = {"kind": "epoch", "epoch": st.epoch, "step": st.step}
+        row = {"kind": "epoch", "epoch": st.epoch + int(partial), "step": st.step}
+        if partial:  # stopped by max_steps inside an epoch
+            row["partial"] = True
         if self.info.main and (partial or st.epoch % self.cfg.eval_every == 0 or st.epoch == self.cfg.epochs):
             ev = evaluate(self.task, unwrap(self.model), self.eval_loader, self.device, self.cfg)
+            self.last_eval = (st.step, ev)
             row.update({f"val_{k}": v for k, v in scalars(ev).items()})
             self._track_best(scalars(ev))
         row.update({"train_time_s": round(st.train_time, 3), "ex_per_s": st.examples / max(st.train_time, 1e-9)})
@@ -283,7 +302,7 @@ class Trainer:
         if self.info.main:
             shown = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("val_"))
             tqdm.write(
-                f"epoch {st.epoch}/{self.cfg.epochs}  step {st.step}  {shown}  "
+                f"epoch {row['epoch']}/{self.cfg.epochs}  step {st.step}  {shown}  "
                 f"{row['ex_per_s']:.0f} ex/s  {st.train_time:.0f}s",
                 file=sys.stderr,
             )

@@ -7,10 +7,14 @@ D_i / D_o capsule dims, H, W image size, T capsule types.
 from __future__ import annotations
 
 import math
+import os
+import re
+import warnings
 
 import torch
 from torch import Tensor, nn
 
+from capsule_kit.errors import ConfigError
 from capsule_kit.functional import get_squash, safe_norm
 from capsule_kit.routing import Routed, build
 
@@ -19,6 +23,37 @@ from capsule_kit.routing import Routed, build
 # chunks are reused from the heap and stay closer to cache. Below ~8 MiB the per-op
 # overhead of more chunks wins (measured on DigitCaps, benchmarks/routing.py).
 CPU_VOTE_BYTES = 16 << 20
+# Memory budget for the votes of one DenseCaps call on any device (bytes, or "2GiB", "512MB").
+VOTE_BUDGET_ENV, DEFAULT_VOTE_BUDGET = "CAPSULE_KIT_VOTE_BUDGET", 2 << 30
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_bytes(text: str | int) -> int:
+    """``"2GiB"``, ``"512MiB"``, ``"1.5G"``, ``"3e9"`` or ``4096`` -> bytes.
+
+    K/M/G/T (with an optional ``iB`` or ``B``) are binary multiples; ``KB``/``MB``/``GB``/``TB``
+    are decimal. Raises ValueError unless the result is a positive number of bytes.
+    """
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmgt]?)(i?b?)\s*", str(text), re.I)
+    if not m or (m.group(2) == "" and m.group(3) not in ("", "b", "B")):
+        raise ValueError(f"not a byte size: '{text}' (examples: 2GiB, 512MiB, 1000000)")
+    prefix = m.group(2).lower()
+    unit = 1000 ** ("kmgt".index(prefix) + 1) if prefix and m.group(3).lower() == "b" else _UNITS[prefix]
+    value = int(float(m.group(1)) * unit)
+    if value < 1:
+        raise ValueError(f"byte size must be positive, got '{text}'")
+    return value
+
+
+def vote_budget() -> int:
+    """Bytes of votes one DenseCaps call may hold: ``$CAPSULE_KIT_VOTE_BUDGET``, default 2 GiB."""
+    raw = os.environ.get(VOTE_BUDGET_ENV, "").strip()
+    if not raw:
+        return DEFAULT_VOTE_BUDGET
+    try:
+        return parse_bytes(raw)
+    except ValueError as exc:
+        raise ConfigError(f"${VOTE_BUDGET_ENV}: {exc}") from None
 
 
 class PrimaryCaps(nn.Module):
@@ -86,10 +121,13 @@ class DenseCaps(nn.Module):
         init_std: Weight init std (0.01 as in the seed / Sabour's code).
         max_vote_bytes: When the votes of one call would exceed this many bytes,
             they are computed and routed in chunks of the batch (same results:
-            routing is per sample). None: automatic, ``CPU_VOTE_BYTES`` (16 MiB)
-            on CPU (no page faults per call: ~2.5x faster on DigitCaps, and a
-            fraction of the memory) and no chunking on other devices. Pass a
-            huge number to never chunk.
+            routing is per sample; the output capsules are never split, since
+            the routing softmax couples them). None: automatic, the memory budget
+            ``$CAPSULE_KIT_VOTE_BUDGET`` (default 2 GiB) on every device, and at
+            most ``CPU_VOTE_BYTES`` (16 MiB) on CPU (no page faults per call:
+            ~2.5x faster on DigitCaps, and a fraction of the memory). Pass a huge
+            number to never chunk. When one sample alone exceeds the budget it
+            is routed alone, with a warning.
 
     """
 
@@ -149,12 +187,16 @@ class DenseCaps(nn.Module):
         return Routed(*(torch.cat(p, dim=0) for p in zip(*parts)))
 
     def _chunk(self, u: Tensor) -> int:
-        limit = self.max_vote_bytes
-        if limit is None:
-            limit = CPU_VOTE_BYTES if u.device.type == "cpu" else None
-        if limit is None:
-            return u.shape[0]
+        """Samples per chunk: as many as fit the vote budget (at least one)."""
+        budget = vote_budget() if self.max_vote_bytes is None else self.max_vote_bytes
         per_sample = self.num_in * self.num_out * self.dim_out * u.element_size()
+        if per_sample > budget:
+            warnings.warn(
+                f"DenseCaps: one sample's votes ({per_sample / 2**20:.1f} MiB) exceed the vote budget "
+                f"({budget / 2**20:.1f} MiB, max_vote_bytes or ${VOTE_BUDGET_ENV}); routing one sample at a time",
+                stacklevel=3,
+            )
+        limit = min(budget, CPU_VOTE_BYTES) if self.max_vote_bytes is None and u.device.type == "cpu" else budget
         return min(u.shape[0], max(1, limit // per_sample))
 
 

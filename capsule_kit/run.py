@@ -146,7 +146,9 @@ def run_fold(task: Task, fold: Any, index: int, ctx: dict, ckpt: dict | None) ->
     if not finished:
         raise Interrupted(run_dir, stop.signal)
     test = {}
-    if info.main:
+    if info.main and splits.val is None and trainer.last_eval and trainer.last_eval[0] == trainer.state.step:
+        test = trainer.last_eval[1]  # the last epoch already evaluated these weights on the test split
+    elif info.main:
         loader = make_loader(splits.test, splits, cfg.trainer, train=False, info=info)
         test = evaluate(task, unwrap(model), loader, device, cfg.trainer)
     return test, trainer

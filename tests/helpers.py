@@ -13,7 +13,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600):
     """``python -m capsule_kit.run ARGS``; returns the CompletedProcess (text)."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2", **(env or {})}
+    full_env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "2",
+        "OMP_WAIT_POLICY": "PASSIVE",
+        **(env or {}),
+    }
     return subprocess.run(
         [sys.executable, "-m", "capsule_kit.run", *args],
         cwd=cwd or REPO,

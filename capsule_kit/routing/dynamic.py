@@ -34,6 +34,16 @@ def leaky_softmax(logits: Tensor, dim: int) -> Tensor:
     return torch.exp(logits - torch.logaddexp(lse, torch.zeros_like(lse)))
 
 
+def _dense(t: Tensor) -> bool:
+    """True when ``t``'s strides are a permutation of a contiguous layout (no gaps, no overlap)."""
+    expected = 1
+    for size, stride in sorted(zip(t.shape, t.stride()), key=lambda p: p[1]):
+        if size != 1 and stride != expected:
+            return False
+        expected *= size
+    return True
+
+
 class _WeightedSum(torch.autograd.Function):
     """``s = sum_i c_i u_i`` whose backward writes ``dL/du`` in ``u``'s own memory layout.
 
@@ -50,7 +60,7 @@ class _WeightedSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, coupling: Tensor, u: Tensor) -> Tensor:
         ctx.save_for_backward(coupling, u if coupling.requires_grad else None)
-        ctx.u_layout = (u.shape, u.stride(), u.dtype)
+        ctx.u_layout = (u.shape, u.stride(), u.dtype) if _dense(u) else None  # None: e.g. expanded votes
         return torch.matmul(coupling.unsqueeze(2), u).squeeze(2)
 
     @staticmethod
@@ -59,7 +69,7 @@ class _WeightedSum(torch.autograd.Function):
         grad_c = grad_u = None
         if ctx.needs_input_grad[1]:
             outer = (coupling.unsqueeze(-1), grad_s.unsqueeze(2))  # [B, N_o, N_i, 1] x [B, N_o, 1, D]
-            if torch.is_grad_enabled():  # double backward: stay differentiable
+            if torch.is_grad_enabled() or ctx.u_layout is None:  # double backward, or votes with odd strides
                 grad_u = outer[0] * outer[1]
             else:
                 shape, stride, dtype = ctx.u_layout

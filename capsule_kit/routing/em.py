@@ -6,8 +6,8 @@ recomputed from the Gaussians' likelihoods and the parents' activations
 (E-step). Everything runs in log space (``logsigmoid``, ``logsumexp``), so zero,
 tiny or huge votes never give NaN.
 
-M-step:   R'_ij = R_ij a_i,   mu_j = sum_i R'_ij V_ij / sum_i R'_ij,
-          sigma_j^2 = sum_i R'_ij (V_ij - mu_j)^2 / sum_i R'_ij + eps,
+M-step:   R'_ij = R_ij a_i,   mu_j = sum_i R'_ij V_ij / (sum_i R'_ij + eps),
+          sigma_j^2 = sum_i R'_ij (V_ij - mu_j)^2 / (sum_i R'_ij + eps) + eps,
           cost_j = sum_h (beta_u + log sigma_jh) * r_j,   r_j = sum_i R'_ij / (N_i / N_o)
           a_j = sigmoid(lambda (beta_a - norm(cost_j)))
 E-step:   log R_ij = log a_j + log N(V_ij; mu_j, sigma_j) - logsumexp_j(...)
