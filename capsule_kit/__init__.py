@@ -9,10 +9,20 @@ from capsule_kit.layers import CapsuleDecoder, ConvCaps, DenseCaps, PrimaryCaps,
 from capsule_kit.losses import margin_loss, reconstruction_loss, spread_loss, spread_margin
 from capsule_kit.models import CapsNet, CapsOutput, EfficientCapsNet, MatrixCapsNet
 from capsule_kit.registry import MODELS, ROUTING, TASKS, Registry
-from capsule_kit.run import train_recipe as train  # noqa: E402  (after the modules it uses)
 from capsule_kit.task import Task, register_task
 
 __version__ = "0.1.0"
+
+
+def train(recipe, *overrides: str) -> dict:
+    """Train a recipe (YAML path, dict or config) with the runner; returns its results.
+
+    Imported lazily so ``python -m capsule_kit.run`` does not load the runner twice.
+    See :func:`capsule_kit.run.train_recipe`.
+    """
+    from capsule_kit.run import train_recipe
+
+    return train_recipe(recipe, *overrides)
 
 __all__ = [
     "CheckpointError",

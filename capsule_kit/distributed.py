@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler, IterableDataset
 
 from capsule_kit.errors import ConfigError
 
@@ -94,3 +94,51 @@ class ResumableSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return max(0, super().__len__() - self.skip)
+
+
+class RankShard(IterableDataset):
+    """Rank ``r`` of ``W`` takes items ``r, r + W, r + 2W, ...`` of an iterable dataset.
+
+    A last incomplete round (fewer than ``W`` items) is dropped, so every rank
+    yields the same number of items and runs the same number of DDP steps (a rank
+    with one batch more would wait forever in its gradient all-reduce). Splitting
+    among DataLoader workers stays the dataset's own job (``get_worker_info``), as
+    PyTorch documents for iterable datasets.
+    """
+
+    def __init__(self, dataset: IterableDataset, rank: int, world: int) -> None:
+        if not 0 <= rank < world:
+            raise ValueError(f"rank must be in [0, {world}), got {rank}")
+        self.dataset, self.rank, self.world = dataset, rank, world
+
+    def __iter__(self):
+        round_ = []
+        for item in self.dataset:
+            round_.append(item)
+            if len(round_) == self.world:
+                yield round_[self.rank]
+                round_ = []
+
+    def set_epoch(self, epoch: int) -> None:
+        """Forward to the wrapped dataset (reshuffling streams use it)."""
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+
+def shard_iterable(dataset: IterableDataset, info: DistInfo) -> IterableDataset:
+    """The part of an iterable (streaming) training set that this rank reads; unchanged outside torchrun.
+
+    A Hugging Face ``datasets.IterableDataset`` is split with
+    ``datasets.distributed.split_dataset_by_node`` (whole shards per rank when
+    ``n_shards`` is a multiple of the world size, else every ``world``-th example);
+    any other iterable dataset is wrapped in :class:`RankShard`. Rank parts of a
+    Hugging Face stream can differ in length: set ``trainer.max_steps`` so that all
+    ranks stop at the same step.
+    """
+    if info.world == 1:
+        return dataset
+    if type(dataset).__module__.split(".")[0] == "datasets" and hasattr(dataset, "n_shards"):
+        from datasets.distributed import split_dataset_by_node
+
+        return split_dataset_by_node(dataset, rank=info.rank, world_size=info.world)
+    return RankShard(dataset, info.rank, info.world)
