@@ -1,6 +1,14 @@
 """capsule-kit: capsule networks across domains on one device-agnostic torch core."""
 
-from capsule_kit import routing
+import os
+
+# Idle OpenMP worker threads that spin steal time slices from the working threads whenever the
+# CPU is shared (measured 3-10x slower training on a busy 2-core machine). Only effective when
+# capsule_kit is imported before torch (as by `python -m capsule_kit.run`); an explicit
+# OMP_WAIT_POLICY wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from capsule_kit import routing  # noqa: E402
 from capsule_kit.config import Recipe, Strict, TrainerConfig
 from capsule_kit.data import Splits, TensorPairs, cache_dir, data_root
 from capsule_kit.errors import CheckpointError, ConfigError, DataError, UserError
