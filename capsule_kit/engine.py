@@ -169,6 +169,7 @@ class Trainer:
         self.task, self.model, self.opt, self.sched, self.splits = task, model, optimizer, scheduler, splits
         self.cfg, self.device, self.info, self.run_dir, self.extra = cfg, device, info, run_dir, extra_state
         self.state = LoopState()
+        self._refreshed = -1e9  # monotonic time of the last report refresh
         self.last_eval: tuple[int, dict] | None = None  # (step, metrics) of the latest evaluation pass
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.precision == "fp16" and device.type == "cuda")
         self.train_loader = make_loader(splits.train, splits, cfg, train=True, info=info)
@@ -296,9 +297,11 @@ class Trainer:
         st.history.append(row)
         self.log(row)
         self.save("last")
-        if self.info.main:  # a long run can be watched in a browser
+        # Refresh the page so a long run can be watched, at most every 30 s (many short epochs).
+        if self.info.main and (time.monotonic() - self._refreshed > 30 or st.epoch == self.cfg.epochs):
             plot_curves(self.metrics_file, self.run_dir / "curves.png")
             write_report(self.run_dir)
+            self._refreshed = time.monotonic()
         if self.info.main:
             shown = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("val_"))
             tqdm.write(

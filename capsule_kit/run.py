@@ -178,6 +178,7 @@ def train(cfg: Recipe, task_cls: type[Task] | None = None, *, resume: str | Path
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     task = task_cls(cfg)
+    task.check_data()  # before a run directory exists: a missing dataset leaves nothing behind
     ckpt = load_checkpoint(Path(resume) / "checkpoints" / "last.pt") if resume else None
     run_dir = Path(resume) if resume else make_run_dir(cfg, info)
     if info.main:

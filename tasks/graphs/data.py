@@ -1,0 +1,148 @@
+"""TU graph data sets through PyG, node features, node-label histograms and CV folds.
+
+Node features are the one-hot node labels (PyG's ``TUDataset`` encoding), with
+the continuous node attributes in front when present and wanted; attributes are
+standardised with the mean/std of the training fold's nodes. Data sets without
+node labels get one-hot node degrees (clipped at ``max_degree``), as in the
+CapsGNN paper. The reconstruction target of a graph is the histogram of these
+one-hot columns (labels or degrees), as fractions of its nodes.
+
+Shapes: V nodes of one graph, F node features, H histogram bins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torch_geometric.data import Batch, Data
+from torch_geometric.datasets import TUDataset
+from torch_geometric.utils import degree
+
+from capsule_kit.errors import ConfigError
+from tasks.graphs.tu import cached_root
+
+
+@dataclass
+class GraphSet:
+    """All graphs of one data set, with the features already built.
+
+    Attributes:
+        name: Data set name.
+        graphs: One ``Data(x [V, F], edge_index [2, E], y [1], hist [1, H])`` per graph.
+        labels: Graph labels [G] (0..num_classes-1) for stratification.
+        num_attributes: Leading continuous columns of ``x`` (standardised per fold).
+        num_classes: Number of graph classes.
+        features: ``"labels"`` (one-hot node labels) or ``"degree"``.
+
+    """
+
+    name: str
+    graphs: list[Data]
+    labels: np.ndarray
+    num_attributes: int
+    num_classes: int
+    features: str
+
+    @property
+    def num_features(self) -> int:
+        return int(self.graphs[0].x.shape[1])
+
+    @property
+    def hist_dim(self) -> int:
+        return int(self.graphs[0].hist.shape[1])
+
+
+class GraphList(Dataset):
+    """A map-style dataset over a list of PyG ``Data`` objects."""
+
+    def __init__(self, graphs: list[Data]) -> None:
+        self.graphs = graphs
+
+    def __len__(self) -> int:
+        return len(self.graphs)
+
+    def __getitem__(self, index: int) -> Data:
+        return self.graphs[index]
+
+
+def collate(graphs: list[Data]) -> Batch:
+    """PyG mini-batch: nodes of all graphs stacked, ``batch`` maps nodes to graphs."""
+    return Batch.from_data_list(graphs)
+
+
+def _one_hot_degree(edge_index: torch.Tensor, num_nodes: int, width: int) -> torch.Tensor:
+    deg = degree(edge_index[0], num_nodes, dtype=torch.long).clamp(max=width - 1)  # TU edges list both directions
+    return torch.nn.functional.one_hot(deg, width).float()
+
+
+def load_graphs(root: Path, name: str, *, node_attributes: bool = True, max_degree: int = 32) -> GraphSet:
+    """Read a TU data set (raw files checked, processed in the writable cache) and build features.
+
+    Raises:
+        DataError: missing or inconsistent raw files (see :mod:`tasks.graphs.tu`).
+
+    """
+    ds = TUDataset(root=str(cached_root(root, name)), name=name, use_node_attr=True)
+    n_attr_all, n_lab = ds.num_node_attributes, ds.num_node_labels
+    n_attr = n_attr_all if node_attributes else 0
+    width = 0
+    if n_lab == 0:  # degree features: width from the data (clipped at max_degree) so no bin is always empty
+        width = min(max_degree, int(max(degree(d.edge_index[0], d.num_nodes).max().item() for d in ds)) + 1)
+    graphs = []
+    for d in ds:
+        x = d.x if d.x is not None else torch.zeros(d.num_nodes, 0)
+        onehot = x[:, n_attr_all:] if n_lab else _one_hot_degree(d.edge_index, d.num_nodes, width)
+        feats = torch.cat([x[:, :n_attr], onehot], dim=1).float()
+        hist = onehot.sum(0, keepdim=True) / max(d.num_nodes, 1)  # [1, H]
+        graphs.append(Data(x=feats, edge_index=d.edge_index, y=d.y.view(1).long(), hist=hist))
+    labels = np.array([int(g.y) for g in graphs])
+    return GraphSet(name, graphs, labels, n_attr, int(labels.max()) + 1, "labels" if n_lab else "degree")
+
+
+def split_indices(
+    labels: np.ndarray, *, folds: int, fold: int, seed: int, test_fraction: float, val_fraction: float
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Train/val/test graph indices of one fold (stratified, seeded).
+
+    ``folds > 1``: scikit-learn ``StratifiedKFold(shuffle=True, random_state=seed)``,
+    test = fold ``fold``. ``folds == 1``: one stratified split with ``test_fraction``.
+    ``val_fraction > 0`` holds out a stratified share of the training part.
+
+    Raises:
+        ConfigError: a class has fewer graphs than folds (or than a split needs).
+
+    """
+    from sklearn.model_selection import StratifiedKFold, train_test_split
+
+    idx = np.arange(len(labels))
+    try:
+        if folds > 1:
+            train, test = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(idx, labels))[fold]
+        else:
+            train, test = train_test_split(idx, test_size=test_fraction, stratify=labels, random_state=seed)
+        val = None
+        if val_fraction > 0:
+            train, val = train_test_split(
+                train, test_size=val_fraction, stratify=labels[train], random_state=seed + fold
+            )
+    except ValueError as exc:
+        counts = np.bincount(labels).tolist()
+        raise ConfigError(f"cv: cannot split graphs with class counts {counts} ({str(exc).splitlines()[0]})") from None
+    return np.sort(train), None if val is None else np.sort(val), np.sort(test)
+
+
+def standardize(graphs: list[Data], num_attributes: int, train: np.ndarray) -> list[Data]:
+    """Copies of ``graphs`` with the leading attribute columns standardised by training-node stats."""
+    if num_attributes == 0:
+        return graphs
+    attrs = torch.cat([graphs[i].x[:, :num_attributes] for i in train])  # [V_train, A]
+    mean, std = attrs.mean(0), attrs.std(0).clamp(min=1e-6)
+    out = []
+    for g in graphs:
+        x = torch.cat([(g.x[:, :num_attributes] - mean) / std, g.x[:, num_attributes:]], dim=1)
+        out.append(Data(x=x, edge_index=g.edge_index, y=g.y, hist=g.hist))
+    return out

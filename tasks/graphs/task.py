@@ -1,0 +1,237 @@
+"""Graph classification with CapsGNN on TU benchmarks (MUTAG, PROTEINS, any TU-format set).
+
+Protocol of the paper: stratified 10-fold cross validation (``cv.folds``); the
+runner trains one fresh model per fold and reports mean/std of the test
+metrics; :meth:`GraphTask.summarize_folds` plots the per-fold accuracies. The
+test accuracy of a fold is that of the model after the last epoch (no model
+selection on the test fold); ``cv.val_fraction`` holds out a validation share
+that the ``best`` checkpoint follows.
+
+Imports only the core here; PyG and scikit-learn are imported when data or a
+model is built (extra ``graph``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from capsule_kit.config import Recipe, Strict
+from capsule_kit.data import Splits, data_root
+from capsule_kit.errors import UserError
+from capsule_kit.losses import margin_loss, reconstruction_loss
+from capsule_kit.metrics import classification_metrics
+from capsule_kit.task import Task, register_task
+
+
+class DataConfig(Strict):
+    """Which TU data set to read."""
+
+    root: str | None = Field(
+        None, description="Data root (default: $CAPSULE_KIT_DATA); reads <root>/graphs/TU/<name>/raw."
+    )
+    name: str = Field("MUTAG", pattern=r"^[A-Za-z0-9_.\-]+$", description="TU data set name (folder under graphs/TU).")
+    node_attributes: bool = Field(
+        True, description="Prepend continuous node attributes when present (standardised on the training fold)."
+    )
+    max_degree: int = Field(32, ge=1, description="One-hot degree width for data sets without node labels (clipped).")
+
+
+class CVConfig(Strict):
+    """Cross-validation protocol."""
+
+    folds: int = Field(10, ge=1, description="Stratified folds (paper: 10); 1 = one seeded train/test split.")
+    seed: int = Field(0, description="Seed of the fold assignment (independent of trainer.seed).")
+    test_fraction: float = Field(0.1, gt=0, lt=1, description="Test share when folds = 1.")
+    val_fraction: float = Field(
+        0.0, ge=0, lt=1, description="Share of each training fold held out for the best checkpoint (0: none)."
+    )
+
+
+class ModelConfig(Strict):
+    """CapsGNN sizes (tasks/graphs/model.py)."""
+
+    channels: int = Field(16, ge=1, description="GCN channels C = node capsules per node.")
+    layers: int = Field(4, ge=1, description="GCN layers L = node capsule dim.")
+    graph_caps: int = Field(8, ge=1, description="Graph capsules P.")
+    graph_dim: int = Field(16, ge=1, description="Graph capsule dim.")
+    class_dim: int = Field(8, ge=1, description="Class capsule dim.")
+    attention_hidden: int = Field(32, ge=1, description="Hidden width of the node attention MLP.")
+    iterations: int = Field(3, ge=1, description="Dynamic routing iterations of both capsule layers.")
+    decoder_hidden: list[int] = Field([32], description="Hidden widths of the histogram decoder.")
+    normalize: bool = Field(
+        False, description="GCN symmetric degree normalisation (Kipf & Welling); false: sum over neighbours and self."
+    )
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the GCN layers' inputs.")
+    graph_init_std: float = Field(5.0, gt=0, description="Init std of the node -> graph capsule transforms.")
+    class_init_std: float = Field(0.5, gt=0, description="Init std of the class capsule transforms.")
+
+
+class LossConfig(Strict):
+    """Margin loss on class capsule lengths + histogram reconstruction."""
+
+    m_pos: float = Field(0.9, gt=0, le=1, description="Margin loss m+.")
+    m_neg: float = Field(0.1, ge=0, lt=1, description="Margin loss m-.")
+    lam: float = Field(0.5, ge=0, description="Down-weighting of absent classes.")
+    recon_weight: float = Field(0.1, ge=0, description="Weight of the reconstruction loss (0 disables the decoder).")
+    recon: Literal["balanced", "sse"] = Field(
+        "balanced",
+        description="balanced: mean squared error over non-zero bins + over zero bins (paper); sse: sum of squares.",
+    )
+
+
+class GraphConfig(Recipe):
+    """Recipe of the ``graphs`` task."""
+
+    task: str = Field("graphs", description="Registered task name.")
+    data: DataConfig = Field(default_factory=DataConfig)
+    cv: CVConfig = Field(default_factory=CVConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+
+
+def _pyg():
+    """Import the data/model modules, naming the extra when PyG or scikit-learn is missing."""
+    try:
+        import sklearn  # noqa: F401
+        import torch_geometric  # noqa: F401
+
+        from tasks.graphs import data, model
+    except ImportError as exc:
+        raise UserError(f"the graphs task needs {exc.name}: pip install 'capsule-kit[graph]'") from None
+    return data, model
+
+
+def balanced_recon_loss(recon: Tensor, target: Tensor) -> Tensor:
+    """CapsGNN's reconstruction loss: squared error averaged separately over non-zero and zero bins.
+
+    A node-label histogram is mostly zeros; averaging the two parts separately
+    keeps the few present labels from being drowned out.
+
+    Shapes:
+        recon: [B, H], target: [B, H]
+        returns: scalar (mean over the batch)
+    """
+    pos = (target > 0).to(recon.dtype)
+    err = (recon - target.to(recon.dtype)).pow(2)
+    on = (err * pos).sum(1) / pos.sum(1).clamp(min=1)
+    off = (err * (1 - pos)).sum(1) / (1 - pos).sum(1).clamp(min=1)
+    return (on + off).mean()
+
+
+@register_task("graphs", aliases=("capsgnn",))
+class GraphTask(Task):
+    """CapsGNN graph classification with K-fold cross validation."""
+
+    Config = GraphConfig
+    monitor = "accuracy"
+    monitor_mode = "max"
+
+    def __init__(self, cfg: GraphConfig) -> None:
+        super().__init__(cfg)
+        self._set = None
+        self._last: dict[str, Any] = {}
+
+    def _root(self) -> Path:
+        return data_root(self.cfg.data.root)
+
+    def check_data(self) -> None:
+        from tasks.graphs.tu import check_raw  # numpy + core only
+
+        check_raw(self._root(), self.cfg.data.name)
+
+    def graph_set(self):
+        """The loaded data set (read once per task)."""
+        if self._set is None:
+            data, _ = _pyg()
+            d = self.cfg.data
+            self._set = data.load_graphs(
+                self._root(), d.name, node_attributes=d.node_attributes, max_degree=d.max_degree
+            )
+        return self._set
+
+    def folds(self) -> list[int]:
+        return list(range(self.cfg.cv.folds))
+
+    def build_data(self, fold: Any = None) -> Splits:
+        data, _ = _pyg()
+        gs, cv = self.graph_set(), self.cfg.cv
+        fold = int(fold or 0)
+        train, val, test = data.split_indices(
+            gs.labels, folds=cv.folds, fold=fold, seed=cv.seed, test_fraction=cv.test_fraction,
+            val_fraction=cv.val_fraction,
+        )  # fmt: skip
+        graphs = data.standardize(gs.graphs, gs.num_attributes, train)
+        pick = lambda ids: data.GraphList([graphs[i] for i in ids])  # noqa: E731
+        info = {
+            "dataset": gs.name, "fold": fold, "folds": cv.folds, "graphs": len(graphs), "classes": gs.num_classes,
+            "features": gs.features, "num_features": gs.num_features, "hist_dim": gs.hist_dim,
+            "train": len(train), "val": 0 if val is None else len(val), "test": len(test),
+        }  # fmt: skip
+        return Splits(pick(train), pick(test), None if val is None else pick(val), collate=data.collate, info=info)
+
+    def build_model(self) -> nn.Module:
+        _, model = _pyg()
+        gs, m = self.graph_set(), self.cfg.model
+        return model.CapsGNN(
+            in_features=gs.num_features, num_classes=gs.num_classes,
+            hist_dim=gs.hist_dim if self.cfg.loss.recon_weight > 0 else 0,
+            channels=m.channels, layers=m.layers, graph_caps=m.graph_caps, graph_dim=m.graph_dim,
+            class_dim=m.class_dim, attention_hidden=m.attention_hidden, iterations=m.iterations,
+            decoder_hidden=tuple(m.decoder_hidden), dropout=m.dropout, graph_init_std=m.graph_init_std,
+            class_init_std=m.class_init_std, normalize=m.normalize,
+        )  # fmt: skip
+
+    def step(self, model: nn.Module, batch: Any, *, train: bool) -> dict[str, Any]:
+        """Shapes: batch.x [V, F], batch.y [B], batch.hist [B, H] -> lengths [B, N_cls]."""
+        y, lc = batch.y, self.cfg.loss
+        out = model(batch.x, batch.edge_index, batch.batch, batch.num_graphs, y=y if train else None)
+        loss = margin_loss(out.lengths, y, lc.m_pos, lc.m_neg, lc.lam)
+        if out.reconstruction is not None and lc.recon_weight > 0:
+            if lc.recon == "balanced":
+                rec = balanced_recon_loss(out.reconstruction, batch.hist)
+            else:
+                rec = reconstruction_loss(out.reconstruction, batch.hist, scale=1.0)
+            loss = loss + lc.recon_weight * rec
+        pred = out.lengths.detach().argmax(dim=1)
+        acc = float((pred == y).float().mean())
+        return {"loss": loss, "n": int(batch.num_graphs), "log": {"acc": acc}, "out": {"pred": pred, "target": y}}
+
+    def metrics(self, outputs: list[dict[str, Tensor]]) -> dict[str, Any]:
+        pred = torch.cat([o["pred"] for o in outputs])
+        target = torch.cat([o["target"] for o in outputs])
+        classes = self._set.num_classes if self._set is not None else int(max(pred.max(), target.max())) + 1
+        self._last = classification_metrics(pred, target, classes)
+        return self._last
+
+    def pictures(self, model: nn.Module, data: Splits, run_dir: Path, device: Any) -> dict[str, Any]:
+        """Confusion matrix of the last evaluation pass (the test fold)."""
+        if not self._last.get("confusion_matrix"):
+            return {}
+        from capsule_kit.report import plot_confusion
+
+        cm = self._last["confusion_matrix"]
+        path = plot_confusion(cm, [str(i) for i in range(len(cm))], Path(run_dir) / "confusion.png",
+                              title=f"{self.cfg.data.name} test (last fold)")  # fmt: skip
+        return {"confusion_png": path.name}
+
+    def summarize_folds(self, fold_results: list[dict], run_dir: Path) -> dict[str, Any]:
+        """Box plot + per-fold bars of the test accuracy; returns the per-fold accuracies."""
+        from tasks.graphs.plots import plot_folds
+
+        accs = [float(r.get("accuracy", r.get("test_accuracy", float("nan")))) for r in fold_results]
+        path = plot_folds(accs, Path(run_dir) / "cv_accuracy.png", title=f"CapsGNN on {self.cfg.data.name}")
+        out = {"cv_plot": path.name, "fold_accuracy": accs}
+        cms = [torch.tensor(r["confusion_matrix"]) for r in fold_results if r.get("confusion_matrix")]
+        if cms and all(cm.shape == cms[0].shape for cm in cms):  # every graph is in exactly one test fold
+            from capsule_kit.report import plot_confusion
+
+            total = sum(cms).tolist()
+            plot_confusion(total, [str(i) for i in range(len(total))], Path(run_dir) / "confusion_all_folds.png",
+                           title=f"{self.cfg.data.name}: all test folds")  # fmt: skip
+            out["confusion_all_folds"] = total
+        return out

@@ -1,0 +1,261 @@
+"""Graphs task: scatter routing vs dense routing, batch == each graph alone, TU loading, errors, folds."""
+
+from __future__ import annotations
+
+import shutil
+import stat
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("torch_geometric")
+pytest.importorskip("sklearn")
+
+from capsule_kit.config import validate  # noqa: E402
+from capsule_kit.errors import ConfigError, DataError  # noqa: E402
+from capsule_kit.routing import DynamicRouting  # noqa: E402
+from tasks.graphs.data import collate, load_graphs, split_indices  # noqa: E402
+from tasks.graphs.model import CapsGNN, NodeAttention  # noqa: E402
+from tasks.graphs.routing import scatter_route  # noqa: E402
+from tasks.graphs.task import GraphTask, balanced_recon_loss  # noqa: E402
+from tests.conftest import REPO, data_path  # noqa: E402
+
+MUTAG = data_path("graphs", "TU", "MUTAG", "raw")
+needs_mutag = pytest.mark.skipif(not MUTAG.is_dir(), reason="MUTAG not under the data root")
+
+
+def write_tu(root, name, graphs, labels, node_labels=None):
+    """A tiny TU data set: ``graphs`` = list of (num_nodes, edges with 0-based local ids)."""
+    raw = root / "graphs" / "TU" / name / "raw"
+    raw.mkdir(parents=True)
+    ind, edges, base = [], [], 0
+    for g, (n, es) in enumerate(graphs, start=1):
+        ind += [g] * n
+        for a, b in es:  # TU lists both directions of an undirected edge
+            edges += [(base + a + 1, base + b + 1), (base + b + 1, base + a + 1)]
+        base += n
+    (raw / f"{name}_A.txt").write_text("".join(f"{a}, {b}\n" for a, b in edges))
+    (raw / f"{name}_graph_indicator.txt").write_text("".join(f"{i}\n" for i in ind))
+    (raw / f"{name}_graph_labels.txt").write_text("".join(f"{y}\n" for y in labels))
+    if node_labels is not None:
+        (raw / f"{name}_node_labels.txt").write_text("".join(f"{v}\n" for v in node_labels))
+    return raw
+
+
+def copy_mutag(tmp_path):
+    dst = tmp_path / "data" / "graphs" / "TU" / "MUTAG" / "raw"
+    shutil.copytree(MUTAG, dst)
+    return tmp_path / "data", dst
+
+
+# --- routing -------------------------------------------------------------------------------------
+
+
+def test_scatter_route_one_graph_equals_dense_dynamic_routing():
+    torch.manual_seed(0)
+    votes = torch.randn(7, 3, 4, 5, dtype=torch.float64)  # [V, C, N_o, D_o]
+    poses, coupling = scatter_route(votes, torch.zeros(7, dtype=torch.long), 1, iterations=3)
+    ref = DynamicRouting(iterations=3)(votes.reshape(1, 21, 4, 5))  # the core's dense routing, N_i = V * C
+    torch.testing.assert_close(poses, ref.poses)
+    torch.testing.assert_close(coupling.reshape(1, 21, 4), ref.coupling)
+    torch.testing.assert_close(coupling.sum(-1), torch.ones(7, 3, dtype=torch.float64))  # softmax over outputs
+
+
+def test_scatter_route_batch_equals_each_graph_alone():
+    torch.manual_seed(1)
+    sizes = [1, 5, 3, 12]
+    votes = torch.randn(sum(sizes), 2, 3, 4, dtype=torch.float64, requires_grad=True)
+    batch = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    poses, coupling = scatter_route(votes, batch, len(sizes), iterations=3)
+    start = 0
+    for g, n in enumerate(sizes):
+        alone, c_alone = scatter_route(votes[start : start + n], torch.zeros(n, dtype=torch.long), 1, iterations=3)
+        torch.testing.assert_close(poses[g], alone[0])
+        torch.testing.assert_close(coupling[start : start + n], c_alone)
+        start += n
+    poses.pow(2).sum().backward()
+    assert torch.isfinite(votes.grad).all() and votes.grad.abs().sum() > 0
+
+
+def test_scatter_route_rejects_bad_shapes():
+    with pytest.raises(ValueError, match=r"\[V, C, N_o, D_o\]"):
+        scatter_route(torch.randn(4, 3, 2), torch.zeros(4, dtype=torch.long), 1)
+    with pytest.raises(ValueError, match="batch must be"):
+        scatter_route(torch.randn(4, 1, 3, 2), torch.zeros(5, dtype=torch.long), 1)
+
+
+# --- model ---------------------------------------------------------------------------------------
+
+
+def test_node_attention_sums_to_one_over_each_graphs_nodes():
+    torch.manual_seed(2)
+    caps, batch = torch.randn(9, 3, 2), torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    scaled, attn = NodeAttention(3, 2, 8)(caps, batch, 3)
+    sums = torch.zeros(3, 3).index_add_(0, batch, attn)  # [B, C]
+    torch.testing.assert_close(sums, torch.ones(3, 3))
+    torch.testing.assert_close(scaled, caps * attn.unsqueeze(-1))
+
+
+def tiny_model(in_features, hist_dim, normalize=True):
+    return CapsGNN(in_features=in_features, num_classes=2, hist_dim=hist_dim, channels=3, layers=3, graph_caps=4,
+                   graph_dim=4, class_dim=4, attention_hidden=8, decoder_hidden=(8,), normalize=normalize)  # fmt: skip
+
+
+@needs_mutag
+@pytest.mark.parametrize("normalize", [True, False])
+def test_model_batch_of_mutag_graphs_equals_each_graph_alone(cache_env, normalize):
+    gs = load_graphs(data_path(), "MUTAG")
+    graphs = sorted(gs.graphs[:12], key=lambda g: g.num_nodes)[::3]  # different sizes
+    assert len({g.num_nodes for g in graphs}) == len(graphs)
+    torch.manual_seed(0)
+    model = tiny_model(gs.num_features, gs.hist_dim, normalize).double().eval()
+    b = collate(graphs)
+    out = model(b.x.double(), b.edge_index, b.batch, b.num_graphs)
+    for i, g in enumerate(graphs):
+        one = model(g.x.double(), g.edge_index, torch.zeros(g.num_nodes, dtype=torch.long), 1)
+        torch.testing.assert_close(out.lengths[i], one.lengths[0])
+        torch.testing.assert_close(out.reconstruction[i], one.reconstruction[0])
+    assert (out.lengths < 1).all() and out.reconstruction.shape == (len(graphs), gs.hist_dim)
+
+
+@needs_mutag
+def test_every_parameter_gets_a_gradient(cache_env):
+    cfg = validate(GraphTask.Config, {"task": "graphs", "model": {"channels": 3, "layers": 2}}, "test")
+    task = GraphTask(cfg)
+    splits = task.build_data(0)
+    model = task.build_model()
+    res = task.step(model, collate([splits.train[i] for i in range(8)]), train=True)
+    res["loss"].backward()
+    assert res["n"] == 8 and torch.isfinite(res["loss"])
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing
+
+
+def test_balanced_recon_loss_hand_value():
+    target = torch.tensor([[0.5, 0.5, 0.0, 0.0]])
+    recon = torch.tensor([[0.3, 0.5, 0.2, 0.4]])
+    # non-zero bins: (0.2^2 + 0) / 2 = 0.02; zero bins: (0.2^2 + 0.4^2) / 2 = 0.1
+    torch.testing.assert_close(balanced_recon_loss(recon, target), torch.tensor(0.12))
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+
+@needs_mutag
+def test_mutag_loads_with_one_hot_labels_and_histograms(cache_env):
+    gs = load_graphs(data_path(), "MUTAG")
+    assert len(gs.graphs) == 188 and np.bincount(gs.labels).tolist() == [63, 125]
+    assert gs.features == "labels" and gs.num_features == 7 and gs.hist_dim == 7 and gs.num_attributes == 0
+    g = gs.graphs[0]
+    torch.testing.assert_close(g.x.sum(1), torch.ones(g.num_nodes))  # one label per node
+    torch.testing.assert_close(g.hist, g.x.mean(0, keepdim=True))
+    assert (cache_env / "graphs" / "TU").is_dir()
+
+
+@needs_mutag
+def test_read_only_data_root(tmp_path, cache_env):
+    root, raw = copy_mutag(tmp_path)
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    for p in [*raw.iterdir(), raw, raw.parent]:  # (root ignores permissions: the listing check below still holds)
+        p.chmod(p.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    try:
+        gs = load_graphs(root, "MUTAG")
+    finally:
+        for p in [raw.parent, raw, *raw.iterdir()]:
+            p.chmod(p.stat().st_mode | stat.S_IWUSR)
+    assert len(gs.graphs) == 188
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before  # nothing written next to raw/
+
+
+@needs_mutag
+def test_missing_raw_file_names_file_and_folder(tmp_path, cache_env):
+    root, raw = copy_mutag(tmp_path)
+    (raw / "MUTAG_graph_labels.txt").unlink()
+    task = GraphTask(validate(GraphTask.Config, {"task": "graphs", "data": {"root": str(root)}}, "test"))
+    with pytest.raises(DataError, match=rf"MUTAG_graph_labels.txt in {raw}"):
+        task.check_data()
+    with pytest.raises(DataError, match="CAPSULE_KIT_DATA"):
+        load_graphs(root, "MUTAG")
+
+
+@needs_mutag
+def test_node_labels_inconsistent_with_indicator(tmp_path, cache_env):
+    root, raw = copy_mutag(tmp_path)
+    path = raw / "MUTAG_node_labels.txt"
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:-5]))
+    with pytest.raises(DataError, match=r"MUTAG_node_labels.txt: 3366 lines, expected 3371"):
+        load_graphs(root, "MUTAG")
+
+
+def test_graph_without_nodes_and_cross_graph_edge(tmp_path, cache_env):
+    write_tu(tmp_path, "HOLE", [(2, [(0, 1)]), (0, []), (3, [(0, 2)])], [0, 1, 0])
+    with pytest.raises(DataError, match=r"graph 2 has no nodes"):
+        load_graphs(tmp_path, "HOLE")
+    raw = write_tu(tmp_path, "CROSS", [(2, [(0, 1)]), (2, [(0, 1)])], [0, 1])
+    (raw / "CROSS_A.txt").write_text("1, 2\n2, 3\n")
+    with pytest.raises(DataError, match=r"CROSS_A.txt: line 2: edge \(2, 3\) joins nodes of two different graphs"):
+        load_graphs(tmp_path, "CROSS")
+
+
+def test_any_tu_dataset_by_name_with_degree_features(tmp_path, cache_env):
+    star, path = (4, [(0, 1), (0, 2), (0, 3)]), (3, [(0, 1), (1, 2)])
+    write_tu(tmp_path, "TOY", [star, path, star, path], [1, -1, 1, -1])  # no node labels
+    gs = load_graphs(tmp_path, "TOY", max_degree=8)
+    assert gs.features == "degree" and gs.num_features == 4  # degrees 0..3
+    assert gs.labels.tolist() == [1, 0, 1, 0]
+    torch.testing.assert_close(gs.graphs[0].hist, torch.tensor([[0.0, 0.75, 0.0, 0.25]]))  # three leaves, one hub
+    torch.testing.assert_close(gs.graphs[1].hist, torch.tensor([[0.0, 2 / 3, 1 / 3, 0.0]]))
+
+
+def test_edited_raw_files_are_processed_again(tmp_path, cache_env):
+    raw = write_tu(tmp_path, "EDIT", [(2, [(0, 1)]), (3, [(0, 1), (1, 2)])], [0, 1], node_labels=[0, 1, 0, 0, 1])
+    assert load_graphs(tmp_path, "EDIT").labels.tolist() == [0, 1]
+    (raw / "EDIT_graph_labels.txt").write_text("7\n3\n")  # new size: a new cache entry, not the stale one
+    assert load_graphs(tmp_path, "EDIT").labels.tolist() == [1, 0]
+
+
+def test_stratified_folds_partition_and_seed():
+    labels = np.array([0] * 30 + [1] * 20)
+    tests = [split_indices(labels, folds=5, fold=k, seed=3, test_fraction=0.1, val_fraction=0.0) for k in range(5)]
+    all_test = np.concatenate([t[2] for t in tests])
+    assert sorted(all_test.tolist()) == list(range(50))  # every graph tested exactly once
+    for train, val, test in tests:
+        assert val is None and not set(train) & set(test)
+        assert np.bincount(labels[test]).tolist() == [6, 4]  # stratified
+    again = split_indices(labels, folds=5, fold=2, seed=3, test_fraction=0.1, val_fraction=0.0)
+    assert np.array_equal(again[2], tests[2][2])
+    train, val, test = split_indices(labels, folds=1, fold=0, seed=0, test_fraction=0.2, val_fraction=0.25)
+    assert (len(train), len(val), len(test)) == (30, 10, 10)
+    with pytest.raises(ConfigError, match=r"class counts \[30, 20\]"):
+        split_indices(labels, folds=31, fold=0, seed=0, test_fraction=0.1, val_fraction=0.0)
+
+
+@needs_mutag
+def test_metrics_and_fold_plot(tmp_path, cache_env):
+    task = GraphTask(validate(GraphTask.Config, {"task": "graphs"}, "test"))
+    splits = task.build_data(3)
+    assert splits.info["test"] + splits.info["train"] == 188 and splits.info["test"] in (18, 19)
+    outs = [{"pred": torch.tensor([1, 0, 1]), "target": torch.tensor([1, 1, 1])}, {"pred": torch.tensor([0]),
+            "target": torch.tensor([0])}]  # fmt: skip
+    m = task.metrics(outs)
+    assert m["accuracy"] == 0.75 and m["confusion_matrix"] == [[1, 0], [1, 2]]
+    res = task.summarize_folds([{**m, "accuracy": 0.8}, {**m, "accuracy": 0.9}], tmp_path)
+    assert res["fold_accuracy"] == [0.8, 0.9] and res["confusion_all_folds"] == [[2, 0], [2, 4]]
+    assert (tmp_path / "cv_accuracy.png").stat().st_size > 0 and (tmp_path / "confusion_all_folds.png").is_file()
+
+
+def test_task_imports_without_pyg_and_names_the_extra():
+    code = (
+        "import sys; sys.modules['torch_geometric'] = None; sys.modules['sklearn'] = None\n"
+        "from capsule_kit.config import validate\n"
+        "from capsule_kit.errors import UserError\n"
+        "from tasks.graphs import GraphTask\n"
+        "task = GraphTask(validate(GraphTask.Config, {'task': 'graphs'}, 'x'))\n"
+        "try:\n    task.build_model()\nexcept UserError as exc:\n    print(exc)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "pip install 'capsule-kit[graph]'" in proc.stdout
