@@ -1,0 +1,58 @@
+"""Files a person looks at after a text run: predictions.tsv, confusion matrix, labels.json, tokenizer.json.
+
+Shapes: N examples, C classes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from capsule_kit.checkpoint import atomic_write_text
+from capsule_kit.data import Splits
+from capsule_kit.metrics import classification_metrics
+from capsule_kit.report import plot_confusion
+from tasks.text.predict import label_of, lengths_text, predict_lengths, target_of
+
+
+def text_pictures(task: Any, model: nn.Module, data: Splits, run_dir: Path, device: Any) -> dict[str, Any]:
+    """Predict the test split and write the run's text files and confusion matrix.
+
+    Returns:
+        Plain data for results.json: label names/keys and the written file names.
+
+    """
+    run_dir = Path(run_dir)
+    names, keys = list(task.names), list(task.keys)
+    batch = task.cfg.trainer.eval_batch_size or task.cfg.trainer.batch_size
+    texts, y = data.test.texts, data.test.labels
+    lengths = predict_lengths(model, texts, torch.device(device), batch)  # [N, C]
+    pred = task.predict(lengths)
+    multi, threshold = task.multi, task.cfg.loss.threshold
+    rows = ["index\ttext\tlabel\tpredicted\tcapsule_lengths"]
+    for i, text in enumerate(texts):
+        row = lengths[i]
+        cells = [
+            str(i),
+            " ".join(text.split()),
+            target_of(y[i], names),
+            label_of(row, names, multi, threshold),
+            lengths_text(row),
+        ]
+        rows.append("\t".join(cells))
+    atomic_write_text(run_dir / "predictions.tsv", "\n".join(rows) + "\n")
+    labels = [{"index": i, "value": k, "name": n} for i, (k, n) in enumerate(zip(keys, names))]
+    atomic_write_text(run_dir / "labels.json", json.dumps(labels, indent=2))
+    out = {"labels": names, "label_values": keys, "predictions": "predictions.tsv", "labels_file": "labels.json"}
+    if task.tokenizer_json:
+        atomic_write_text(run_dir / "tokenizer.json", task.tokenizer_json)
+        out["tokenizer"] = "tokenizer.json"
+    if not task.multi:
+        cm = classification_metrics(pred, y, len(names))["confusion_matrix"]
+        plot_confusion(cm, names, run_dir / "confusion.png", title=f"{task.cfg.name or 'text'}: test")
+        out["confusion_png"] = "confusion.png"
+    return out

