@@ -32,6 +32,7 @@ def train(recipe, *overrides: str) -> dict:
 
     return train_recipe(recipe, *overrides)
 
+
 __all__ = [
     "CheckpointError",
     "ConfigError",

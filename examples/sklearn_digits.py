@@ -83,8 +83,12 @@ class SklearnDigitsTask(ck.Task):
         x, y = batch
         lengths = model(x)
         acc = float((lengths.argmax(-1) == y).float().mean())
-        return {"loss": ck.margin_loss(lengths, y), "n": len(y), "log": {"acc": acc},
-                "out": {"lengths": lengths.detach(), "y": y}}
+        return {
+            "loss": ck.margin_loss(lengths, y),
+            "n": len(y),
+            "log": {"acc": acc},
+            "out": {"lengths": lengths.detach(), "y": y},
+        }
 
     def metrics(self, outputs: list[dict[str, Tensor]]) -> dict[str, float]:
         lengths = torch.cat([o["lengths"] for o in outputs])

@@ -60,8 +60,14 @@ def test_multimnist_hit_needs_both_digits():
     assert DigitsTask.hits(pred, y).tolist() == [True, True, False]
 
 
-SMOKE = ["trainer.max_steps=2", "trainer.eval_max_steps=2", "trainer.batch_size=8", "trainer.progress=false",
-         "data.train_limit=64", "data.test_limit=64"]
+SMOKE = [
+    "trainer.max_steps=2",
+    "trainer.eval_max_steps=2",
+    "trainer.batch_size=8",
+    "trainer.progress=false",
+    "data.train_limit=64",
+    "data.test_limit=64",
+]
 
 
 @pytest.mark.parametrize(

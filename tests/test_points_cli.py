@@ -27,7 +27,7 @@ def test_tiny_recipe_trains_two_steps_and_reports_svm(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     run_dir = only_run_dir(tmp_path / "runs")
     res = results(run_dir)
-    assert res["steps"] == 2 and res["test"]["chamfer"] > 0
+    assert res["steps"] == 2 and res["test"]["chamfer"] > 0 and 0 < res["test"]["part_spread"] < 2
     extra = res["extra"]
     assert 0.0 <= extra["svm_accuracy"] <= 1.0 and extra["svm_test_shapes"] == extra["svm_train_shapes"] - 10
     assert 0.0 <= extra["svm_accuracy_random_init"] <= 1.0 and extra["svm_converged"] in (True, False)

@@ -7,7 +7,7 @@ import torch
 from torch.nn import functional as F
 
 from capsule_kit.functional import squash
-from tasks.points.model import CapsDecoder, PointCapsNet, PrimaryPointCaps, transform_params
+from tasks.points.model import CapsDecoder, PointCapsNet, PrimaryPointCaps, part_spread, transform_params
 from tasks.points.transfer import svm_transfer
 
 TINY = dict(primary_caps=32, primary_dim=4, latent_caps=8, latent_dim=6, out_points=64, feature_channels=(8, 16))
@@ -94,3 +94,10 @@ def test_svm_transfer_on_separable_features():
     assert res["svm_confusion_matrix"] == [[10, 0, 0], [0, 10, 0], [0, 0, 10]]
     shuffled = svm_transfer((x_tr, y_tr.numpy()[torch.randperm(60, generator=g)]), (x_te, y_te.numpy()), 3)
     assert shuffled["svm_accuracy"] < 0.8  # labels unrelated to features: no free accuracy
+
+
+def test_part_spread_hand_values_follow_the_capsule_layout():
+    a, b = [0.0, 0.0, 0.0], [2.0, 0.0, 0.0]
+    # point k comes from capsule k % 2: [a, b, a, b] gives each capsule one place, [a, a, b, b] both places
+    compact, spread = torch.tensor([[a, b, a, b]]), torch.tensor([[a, a, b, b]])
+    assert part_spread(compact, 2).tolist() == [0.0] and part_spread(spread, 2).tolist() == [1.0]

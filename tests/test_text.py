@@ -276,6 +276,12 @@ def test_pretrained_front_end_cache_is_exact_and_frozen(tiny_bert):
     cached = front(ids, mask)  # two rows from the cache (computed in another batch), two fresh
     assert len(front._cache) == 4
     torch.testing.assert_close(cached * mask[..., None], direct * mask[..., None], atol=1e-5, rtol=1e-5)
+    second = PretrainedEmbedder(str(tiny_bert), max_len=12, layer=2)  # hidden_states[2]: output of layer 2 of 2
+    torch.testing.assert_close(second.states(ids, mask), direct)
+    first = PretrainedEmbedder(str(tiny_bert), max_len=12, layer=1).states(ids, mask)
+    assert first.shape == direct.shape and not torch.allclose(first, direct)
+    with pytest.raises(ConfigError, match="pretrained_layer: 3 is out of range for an encoder with 2 layers"):
+        PretrainedEmbedder(str(tiny_bert), max_len=12, layer=3)
     top = PretrainedEmbedder(str(tiny_bert), max_len=12, finetune_layers=1)
     trained = {n.split(".")[2] for n, p in top.encoder.named_parameters() if p.requires_grad}
     assert trained == {"1"} and not top.cache_enabled  # only the last layer of encoder.layer.{0,1}

@@ -93,7 +93,7 @@ def test_pretrained_recipe_one_step_with_cached_states(tmp_path, cache_env, caps
     tiny_bert = make_tiny_bert(tmp_path)
     argv = [str(REPO / "recipes" / "text_sst2_minilm.yaml"), f"model.pretrained_path={tiny_bert}",
             "trainer.max_steps=1", "trainer.eval_max_steps=1", "trainer.batch_size=4", "trainer.progress=false",
-            "model.conv_types=4", "model.conv_dim=8", "data.train_limit=8",
+            "model.pretrained_layer=2", "model.conv_types=4", "model.conv_dim=8", "data.train_limit=8",
             f"output_dir={tmp_path / 'runs'}"]  # fmt: skip
     assert run.main(argv) == 0
     assert "cached frozen encoder states of 880 texts" in capsys.readouterr().err  # 8 train + 872 dev

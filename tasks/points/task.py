@@ -19,7 +19,7 @@ from capsule_kit.errors import DataError, UserError
 from capsule_kit.task import Task, register_task
 from tasks.points.chamfer import chamfer_distance
 from tasks.points.data import SYNTHETIC, CloudDataset, PointSet, load_folder, load_synthetic
-from tasks.points.model import PointCapsNet
+from tasks.points.model import PointCapsNet, part_spread
 
 
 class DataConfig(Strict):
@@ -180,13 +180,17 @@ class PointsTask(Task):
         points, labels = batch
         out = model(self.encoder_input(points, train))
         cd = chamfer_distance(out.points.float(), points.float())  # [B]; reconstruction vs the full cloud
-        return {"loss": cd.mean(), "n": len(points), "log": {"chamfer": float(cd.detach().mean())},
-                "out": {"chamfer": cd.detach(), "y": labels}}  # fmt: skip
+        gathered = {"chamfer": cd.detach(), "y": labels}
+        if not train:
+            gathered["part_spread"] = part_spread(out.points.detach().float(), out.latent.shape[1])
+        return {"loss": cd.mean(), "n": len(points), "log": {"chamfer": float(cd.detach().mean())}, "out": gathered}
 
     def metrics(self, outputs: list[dict[str, Tensor]]) -> dict[str, Any]:
         cd = torch.cat([o["chamfer"] for o in outputs])
         kind = SYNTHETIC if self.point_set is not None and self.point_set.synthetic else "real shapes"
-        return {"chamfer": float(cd.mean()), "chamfer_median": float(cd.median()), "data_kind": kind}
+        spread = torch.cat([o["part_spread"] for o in outputs])
+        return {"chamfer": float(cd.mean()), "chamfer_median": float(cd.median()),
+                "part_spread": float(spread.mean()), "data_kind": kind}  # fmt: skip
 
     def pictures(self, model: nn.Module, data: Splits, run_dir: Path, device: Any) -> dict[str, Any]:
         from tasks.points.pictures import points_pictures

