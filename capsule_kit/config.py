@@ -55,6 +55,9 @@ class TrainerConfig(Strict):
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice).")
     log_every: int = Field(50, ge=1, description="Write a metrics.jsonl line every N steps.")
     eval_every: int = Field(1, ge=1, description="Evaluate every N epochs.")
+    test_weights: Literal["last", "best"] = Field(
+        "last", description="Weights the test split sees: the final ones, or the best on the validation split."
+    )
     progress: bool = Field(True, description="Show progress bars.")
     tensorboard: bool = Field(False, description="Also write TensorBoard scalars (extra 'tb').")
 

@@ -69,6 +69,7 @@ class LoopState:
     batch_in_epoch: int = 0  # batches done in the current (unfinished) epoch
     step: int = 0
     best: float | None = None
+    best_epoch: int | None = None
     examples: int = 0
     train_time: float = 0.0
     history: list[dict] = field(default_factory=list)
@@ -318,7 +319,7 @@ class Trainer:
             value > self.state.best if self.task.monitor_mode == "max" else value < self.state.best
         )
         if better:
-            self.state.best = value
+            self.state.best, self.state.best_epoch = value, self.state.epoch
             self.save("best")
 
     def log(self, row: dict) -> None:

@@ -134,6 +134,11 @@ def run_fold(task: Task, fold: Any, index: int, ctx: dict, ckpt: dict | None) ->
     cfg, info, device, run_dir = ctx["cfg"], ctx["info"], ctx["device"], ctx["run_dir"]
     seed_everything(cfg.trainer.seed + index)
     splits = task.build_data(fold)
+    if cfg.trainer.test_weights == "best" and splits.val is None:
+        raise ConfigError(
+            "trainer.test_weights: 'best' needs a validation split (this data has none, so 'best' would be "
+            "chosen on the test split); use 'last' or give the task a validation split"
+        )
     model = wrap_model(task.build_model(), cfg.trainer, device, info)
     opt, sched = build_optimizer(model, cfg.trainer)
     extra = {"config": to_plain(cfg), "fold": index, "fold_results": ctx["fold_results"]}
@@ -146,12 +151,22 @@ def run_fold(task: Task, fold: Any, index: int, ctx: dict, ckpt: dict | None) ->
     if not finished:
         raise Interrupted(run_dir, stop.signal)
     test = {}
-    if info.main and splits.val is None and trainer.last_eval and trainer.last_eval[0] == trainer.state.step:
+    if cfg.trainer.test_weights == "best":
+        load_best(trainer, info.main)
+    elif info.main and splits.val is None and trainer.last_eval and trainer.last_eval[0] == trainer.state.step:
         test = trainer.last_eval[1]  # the last epoch already evaluated these weights on the test split
-    elif info.main:
+    if info.main and not test:
         loader = make_loader(splits.test, splits, cfg.trainer, train=False, info=info)
         test = evaluate(task, unwrap(model), loader, device, cfg.trainer)
     return test, trainer
+
+
+def load_best(trainer: Trainer, main: bool) -> None:
+    """Put the best-on-validation weights (``checkpoints/best.pt``) into the trainer's model."""
+    path = trainer.run_dir / "checkpoints" / "best.pt"
+    if not main or trainer.state.best_epoch is None or not path.exists():
+        return  # never evaluated (e.g. max_steps before the first evaluation): the final weights
+    unwrap(trainer.model).load_state_dict(load_checkpoint(path)["model"])
 
 
 def summarize(task: Task, cfg: Recipe, folds: list[dict], run_dir: Path) -> dict:
@@ -219,6 +234,8 @@ def finish(task: Task, cfg: Recipe, trainer: Trainer, ctx: dict, wall: float) ->
         "train_examples_per_s": st.examples / max(st.train_time, 1e-9),
         "steps": st.step,
         "epochs": st.epoch,
+        "test_weights": cfg.trainer.test_weights if st.best_epoch is not None else "last",
+        "best_epoch": st.best_epoch,
         "device": str(ctx["device"]),
         "extra": extra,
     }

@@ -63,6 +63,9 @@ def test_errors_are_one_line_with_exit_2(tmp_path, capsys):
     assert "unknown routing 'dynamc'" in error_line(capsys, [mnist, "model.routing.name=dynamc", "--validate"])
     err = error_line(capsys, [mnist, f"data.root={tmp_path / 'missing'}", "--validate"])
     assert "MNIST idx files not found" in err and str(tmp_path / "missing") in err
+    out = tmp_path / "runs"  # MNIST has no validation split: 'best' would be picked on the test split
+    err = error_line(capsys, [mnist, *TINY, "trainer.test_weights=best", f"output_dir={out}"])
+    assert "trainer.test_weights: 'best' needs a validation split" in err
 
 
 def test_overrides_are_typed():

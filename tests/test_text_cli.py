@@ -107,3 +107,19 @@ def test_minilm_package_is_the_default_encoder():
 
     folder = resolve_pretrained(None)
     assert folder.name == "model" and (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+
+
+@needs_sst2
+def test_test_weights_best_tests_the_best_validation_epoch(tmp_path, cache_env, capsys):
+    argv = [str(REPO / "recipes" / "text_cls.yaml"), *SMALL[1:], "trainer.epochs=3", "data.train_limit=16",
+            "trainer.test_weights=best", f"output_dir={tmp_path / 'runs'}"]  # fmt: skip
+    assert run.main(argv) == 0
+    run_dir = only_run_dir(tmp_path / "runs")
+    res = results(run_dir)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    val = [r["val_accuracy"] for r in rows if r["kind"] == "epoch"]
+    assert len(val) == 3 and res["best_epoch"] == 1 + val.index(max(val)) and res["test_weights"] == "best"
+    capsys.readouterr()
+    ckpt = run_dir / "checkpoints" / "best.pt"
+    assert run.main([*argv[:-2], f"output_dir={tmp_path / 'eval'}", "--eval", str(ckpt)]) == 0
+    assert json.loads(capsys.readouterr().out)["test"]["accuracy"] == pytest.approx(res["test"]["accuracy"])
