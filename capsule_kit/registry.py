@@ -74,6 +74,16 @@ class Registry(Generic[T]):
         near = f" (did you mean '{hint}'?)" if hint else ""
         raise RegistryError(f"unknown {self.kind} '{name}'{near}; known: {', '.join(known)}")
 
+    def check(self, name: str) -> str:
+        """:meth:`resolve` for recipe schemas: an unknown name raises ``ValueError``.
+
+        Example: ``name: Annotated[str, AfterValidator(ROUTING.check)]`` in a pydantic model.
+        """
+        try:
+            return self.resolve(name)
+        except RegistryError as exc:
+            raise ValueError(str(exc)) from None
+
     def get(self, name: str) -> T:
         """Return the object registered as ``name``."""
         return self._items[self.resolve(name)]

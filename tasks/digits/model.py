@@ -2,35 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field
 from torch import nn
 
 from capsule_kit.config import Strict
 from capsule_kit.errors import ConfigError
-from capsule_kit.registry import MODELS, ROUTING, RegistryError
+from capsule_kit.registry import MODELS, ROUTING
 
 
 class RoutingConfig(Strict):
     """Routing of the class capsule layer."""
 
-    name: str = Field("dynamic", description="Routing algorithm (dynamic, em, attention).")
+    name: Annotated[str, AfterValidator(ROUTING.check)] = Field(
+        "dynamic", description="Routing algorithm (dynamic, em, attention)."
+    )
     iterations: int = Field(3, ge=1, description="Routing iterations.")
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        try:
-            return ROUTING.resolve(v)
-        except RegistryError as exc:
-            raise ValueError(str(exc)) from None
 
 
 class ModelConfig(Strict):
     """Which capsule network to build."""
 
-    name: str = Field(
+    name: Annotated[str, AfterValidator(MODELS.check)] = Field(
         "capsnet",
         description="Registered model: capsnet, capsnet_tiny, efficient_capsnet, "
         "efficient_capsnet_tiny, matrix_capsnet, matrix_capsnet_tiny.",
@@ -38,14 +32,6 @@ class ModelConfig(Strict):
     routing: RoutingConfig = Field(default_factory=RoutingConfig, description="Class-capsule routing.")
     decoder: bool = Field(True, description="Reconstruction decoder (CapsNet and Efficient-CapsNet).")
     shared: Literal["none", "positions", "inputs"] = Field("none", description="Class-capsule transform sharing.")
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        try:
-            return MODELS.resolve(v)
-        except RegistryError as exc:
-            raise ValueError(str(exc)) from None
 
 
 def model_family(name: str) -> str:
