@@ -202,6 +202,8 @@ class Trainer:
     def save(self, name: str) -> None:
         if self.info.main:
             save_checkpoint(self.run_dir / "checkpoints" / f"{name}.pt", self.checkpoint_payload())
+        if self.writer is not None:
+            self.writer.flush()
 
     # -- loop ------------------------------------------------------------------
     def total_steps(self) -> int:
@@ -340,4 +342,16 @@ class Trainer:
             from capsule_kit.errors import ConfigError
 
             raise ConfigError("trainer.tensorboard: needs tensorboard (pip install 'capsule-kit[tb]')") from None
-        return SummaryWriter(str(self.run_dir / "tb"))
+        fold = int(self.extra.get("fold", 0))  # cross-validation: one TensorBoard run per fold
+        return SummaryWriter(str(self.run_dir / "tb" / (f"fold_{fold}" if fold else "")))
+
+    def tensorboard_pictures(self) -> None:
+        """Add the run directory's PNG pictures to TensorBoard as images, then close the writer."""
+        if self.writer is None:
+            return
+        from matplotlib.image import imread
+
+        for png in sorted(self.run_dir.glob("*.png")):
+            image = imread(png)[..., :3]  # [H, W, 3] floats in [0, 1] (alpha dropped)
+            self.writer.add_image(f"pictures/{png.stem}", image, self.state.step, dataformats="HWC")
+        self.writer.close()

@@ -241,6 +241,7 @@ def finish(task: Task, cfg: Recipe, trainer: Trainer, ctx: dict, wall: float) ->
     }
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
     write_report(run_dir)
+    trainer.tensorboard_pictures()
     shown = "  ".join(f"{k} {v:.4f}" for k, v in scalars(results["test"]).items())
     print(f"test: {shown}\nrun: {run_dir}", file=sys.stderr)
     return results

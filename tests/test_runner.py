@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import shutil
@@ -213,3 +214,20 @@ def test_torchrun_two_cpu_processes(tmp_path):
     run_dir = only_run_dir(out)
     assert results(run_dir)["steps"] == 2
     assert (run_dir / "checkpoints" / "last.pt").exists()
+
+
+def test_tensorboard_scalars_and_pictures(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "runs"
+    assert run.main([str(REPO / "recipes" / "mnist.yaml"), *TINY, "trainer.max_steps=2", "trainer.tensorboard=true",
+                     f"output_dir={out}"]) == 0  # fmt: skip
+    run_dir = only_run_dir(out)
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"images": 0, "scalars": 0}).Reload()
+    losses = [e.value for e in events.Scalars("train/loss")]
+    logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert losses == pytest.approx([r["loss"] for r in logged if r["kind"] == "train"])
+    assert events.Scalars("epoch/val_accuracy")[0].value == pytest.approx(results(run_dir)["test"]["accuracy"])
+    pictures = {f"pictures/{p.stem}" for p in run_dir.glob("*.png")}
+    assert {"pictures/curves", "pictures/reconstructions"} <= pictures == set(events.Tags()["images"])
