@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--validate", action="store_true", help="check the recipe and data, then exit")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     p.add_argument("--eval", metavar="CHECKPOINT", help="evaluate a checkpoint on the test split")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # overrides may also follow --eval CKPT / --resume DIR
     if args.recipe and "=" in args.recipe and not args.recipe.endswith((".yaml", ".yml")):
         args.overrides, args.recipe = [args.recipe, *args.overrides], None
     if not args.recipe and not args.resume:

@@ -75,6 +75,8 @@ def test_overrides_are_typed():
     )
     assert cfg.trainer.epochs == 1 and isinstance(cfg.trainer.epochs, int)
     assert cfg.trainer.lr == pytest.approx(2e-3) and cfg.model.decoder is False
+    args = run.parse_args(["r.yaml", "a=1", "--eval", "c.pt", "b=2"])  # overrides on both sides of an option
+    assert (args.recipe, args.overrides, args.eval) == ("r.yaml", ["a=1", "b=2"], "c.pt")
 
 
 def test_atomic_write_keeps_old_file_on_crash(tmp_path):
