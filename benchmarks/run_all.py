@@ -68,7 +68,8 @@ of shards is a multiple of the world size), other iterables take every
 `world`-th item, dropping a last incomplete round so that all ranks run the same
 number of steps. Hugging Face parts can differ in length: set `trainer.max_steps`
 so that all ranks stop together. Shuffle a stream in the task
-(`dataset.shuffle(buffer_size=...)`); splitting among DataLoader workers
+(`dataset.shuffle(seed=..., buffer_size=...)`): the engine calls the stream's
+`set_epoch(epoch)` before every epoch, so it is reshuffled each epoch; splitting among DataLoader workers
 (`trainer.num_workers`) is the dataset's job (`torch.utils.data.get_worker_info`),
 as PyTorch documents. `--resume` restores weights, optimizer and counters, and
 reads a stream again from its start.

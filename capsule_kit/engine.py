@@ -231,6 +231,9 @@ class Trainer:
         sampler = self.train_loader.sampler
         if isinstance(sampler, ResumableSampler):
             sampler.start(st.epoch, st.batch_in_epoch * cfg.batch_size)
+        stream = self.train_loader.dataset
+        if isinstance(stream, IterableDataset) and hasattr(stream, "set_epoch"):
+            stream.set_epoch(st.epoch)  # a shuffled stream reshuffles each epoch (Hugging Face: seed + epoch)
         self.model.train()
         total, t0, seen, avg = self.total_steps(), time.perf_counter(), 0, {}
         bar = tqdm(

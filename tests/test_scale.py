@@ -132,10 +132,11 @@ def _features(i: int) -> torch.Tensor:
     return torch.randn(6, generator=torch.Generator().manual_seed(i)) + (i % 3)
 
 
-def _hf_stream(n: int, shards: int):
+def _hf_stream(n: int, shards: int, shuffle: bool = False):
     datasets = pytest.importorskip("datasets")
     table = {"id": list(range(n)), "x": [_features(i).tolist() for i in range(n)], "y": [i % 3 for i in range(n)]}
-    return datasets.Dataset.from_dict(table).to_iterable_dataset(num_shards=shards).with_format("torch")
+    stream = datasets.Dataset.from_dict(table).to_iterable_dataset(num_shards=shards)
+    return (stream.shuffle(seed=0, buffer_size=n) if shuffle else stream).with_format("torch")
 
 
 class StreamData(Strict):
@@ -144,6 +145,7 @@ class StreamData(Strict):
     items: int = Field(48, ge=1, description="Training items in the stream.")
     source: Literal["torch", "hf"] = Field("torch", description="torch IterableDataset or Hugging Face stream.")
     shards: int = Field(2, ge=1, description="Shards of the Hugging Face stream.")
+    shuffle: bool = Field(False, description="Shuffle the Hugging Face stream (buffer of the whole stream).")
     record: str | None = Field(None, description="Folder where each rank appends the ids it trained on.")
 
 
@@ -159,7 +161,7 @@ class StreamTask(Task):
 
     def build_data(self, fold: Any = None) -> Splits:
         d = self.cfg.data
-        train = Stream(d.items) if d.source == "torch" else _hf_stream(d.items, d.shards)
+        train = Stream(d.items) if d.source == "torch" else _hf_stream(d.items, d.shards, d.shuffle)
         ids = torch.arange(12)
         test = TensorPairs(ids, torch.stack([_features(int(i)) for i in ids]), ids % 3)
         return Splits(train=train, test=test)
@@ -210,6 +212,20 @@ def test_iterable_train_split_in_process(source, tmp_path):
     assert res["steps"] == 6 and res["epochs"] == 1  # ceil(44 / 8) batches, whole stream, no sampler
     assert _seen(tmp_path / "seen") == {0: list(range(44))}
     assert 0.0 <= res["test"]["accuracy"] <= 1.0
+
+
+def test_shuffled_stream_is_reshuffled_every_epoch(tmp_path):
+    (tmp_path / "seen").mkdir()
+    raw = {
+        "task": TASK,
+        "output_dir": str(tmp_path / "runs"),
+        "trainer": {"epochs": 2, "batch_size": 8, "device": "cpu", "progress": False},
+        "data": {"items": 40, "source": "hf", "shards": 1, "shuffle": True, "record": str(tmp_path / "seen")},
+    }
+    assert run.train_recipe(raw)["steps"] == 10
+    seen = _seen(tmp_path / "seen")[0]
+    first, second = seen[:40], seen[40:]
+    assert sorted(first) == sorted(second) == list(range(40)) and first != second and first != list(range(40))
 
 
 def test_rank_shard_is_disjoint_and_equal():
