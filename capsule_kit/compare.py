@@ -13,7 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-from capsule_kit.metrics import scalars
+from capsule_kit.html import recorded_overrides
+from capsule_kit.metrics import labels, scalars
 
 FIXED = ("run", "recipe", "task", "overrides", "params", "wall_s", "ex_per_s")
 
@@ -37,11 +38,12 @@ def row(run_dir: Path) -> dict:
         "run": run_dir.name,
         "recipe": res.get("name"),
         "task": res.get("task"),
-        "overrides": " ".join(a for a in env.get("argv", []) if "=" in a and not a.startswith("-")),
+        "overrides": " ".join(recorded_overrides(env)),
         "params": res.get("params"),
         "wall_s": res.get("wall_time_s"),
         "ex_per_s": round(res.get("train_examples_per_s", 0.0), 1),
     }
+    out.update({f"test_{k}": v for k, v in labels(res.get("test", {})).items()})  # e.g. SYNTHETIC data
     out.update({f"test_{k}": round(v, 4) for k, v in scalars(res.get("test", {})).items()})
     out.update({k: round(v, 4) for k, v in scalars(res.get("extra", {})).items()})
     return out

@@ -217,6 +217,8 @@ class Trainer:
             finished = self.train_epoch(stop)
             if stop.signal is not None:
                 self.save("last")
+                if self.info.main:
+                    write_report(self.run_dir)  # the page shows where the interrupted run stands
                 return False
             if finished or self._max_steps_reached():
                 self.end_epoch(partial=not finished)

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from capsule_kit.checkpoint import atomic_write_text
-from capsule_kit.metrics import scalars
+from capsule_kit.metrics import labels, scalars
 from capsule_kit.report import read_metrics
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
@@ -61,12 +61,28 @@ def _epoch_table(run_dir: Path) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _predictions(run_dir: Path, rows: int = 10) -> list[str]:
+    """The first rows of the run's ``predictions.tsv`` (e.g. text with capsule lengths), as a table."""
+    path = run_dir / "predictions.tsv"
+    if not path.exists():
+        return []
+    with path.open(encoding="utf-8", errors="replace") as fh:
+        lines = [line.rstrip("\n").split("\t") for _, line in zip(range(rows + 1), fh)]
+    body = "".join(f"<tr>{_cells(r, 'td')}</tr>" for r in lines[1:])
+    return [f"<h2>Predictions</h2><p>first {len(lines) - 1} rows of predictions.tsv</p>",
+            f"<table><tr>{_cells(lines[0], 'th')}</tr>{body}</table>"]  # fmt: skip
+
+
+def _cells(row: list[str], tag: str) -> str:
+    return "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in row)
+
+
 def write_report(run_dir: Path) -> Path:
     """(Re)write ``run_dir/report.html`` from the files in the run directory."""
     run_dir = Path(run_dir)
     results, env = _load_json(run_dir / "results.json"), _load_json(run_dir / "run.json")
     recipe = (run_dir / "recipe.yaml").read_text() if (run_dir / "recipe.yaml").exists() else ""
-    overrides = [a for a in env.get("argv", []) if "=" in a and not a.startswith("-")]
+    overrides = recorded_overrides(env)
     status = "finished" if results else "in progress (refreshed at each checkpoint)"
     summary = {"run": run_dir.name, "status": status}
     if results:
@@ -77,6 +93,7 @@ def write_report(run_dir: Path) -> Path:
                 "train examples/s": round(results.get("train_examples_per_s", 0.0), 1),
             }
         )
+        summary.update({f"test {k}": v for k, v in labels(results.get("test", {})).items()})
         summary.update({f"test {k}": v for k, v in scalars(results.get("test", {})).items()})
         summary.update({f"test {k} (std)": v for k, v in scalars(results.get("test_std", {})).items()})
         summary.update({f"{k}": v for k, v in scalars(results.get("extra", {})).items()})
@@ -92,6 +109,7 @@ def write_report(run_dir: Path) -> Path:
         _epoch_table(run_dir),
         "<h2>Pictures</h2>",
         *(_figure(p) for p in pictures_in(run_dir)),
+        *_predictions(run_dir),
         "<h2>Resolved recipe</h2>",
         f"<pre>{html.escape(recipe)}</pre>",
     ]
@@ -102,6 +120,13 @@ def write_report(run_dir: Path) -> Path:
     out = run_dir / "report.html"
     atomic_write_text(out, page)
     return out
+
+
+def recorded_overrides(env: dict) -> list[str]:
+    """A run's recipe overrides from its run.json (older runs: the key=value words of argv)."""
+    if "overrides" in env:
+        return list(env["overrides"])
+    return [a for a in env.get("argv", []) if "=" in a and not a.startswith("-")]
 
 
 def recipe_of(run_dir: Path) -> dict:

@@ -43,6 +43,11 @@ def classification_metrics(pred: Tensor, target: Tensor, num_classes: int) -> di
     }
 
 
+def labels(metrics: dict) -> dict[str, str]:
+    """The short string entries of a metrics dict, e.g. ``data_kind`` (shown next to the numbers)."""
+    return {k: v for k, v in metrics.items() if isinstance(v, str) and len(v) <= 80}
+
+
 def scalars(metrics: dict) -> dict[str, float]:
     """The float-valued entries of a metrics dict (for logs and tables)."""
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

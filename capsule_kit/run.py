@@ -85,7 +85,7 @@ def train_recipe(recipe: str | Path | dict | Recipe, *overrides: str) -> dict:
         cfg, task_cls = config_from_dict(apply_overrides(dict(recipe), list(overrides)), "recipe", "recipe")
     else:
         cfg, task_cls = load_recipe(recipe, overrides)
-    return train(cfg, task_cls)
+    return train(cfg, task_cls, argv=[], overrides=overrides)
 
 
 def seed_everything(seed: int) -> None:
@@ -185,8 +185,19 @@ def summarize(task: Task, cfg: Recipe, folds: list[dict], run_dir: Path) -> dict
     return out
 
 
-def train(cfg: Recipe, task_cls: type[Task] | None = None, *, resume: str | Path | None = None, argv=None) -> dict:
-    """Run a validated recipe end to end; returns the results dict (also in results.json)."""
+def train(
+    cfg: Recipe,
+    task_cls: type[Task] | None = None,
+    *,
+    resume: str | Path | None = None,
+    argv: list[str] | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> dict:
+    """Run a validated recipe end to end; returns the results dict (also in results.json).
+
+    ``overrides`` (already applied to ``cfg``) are recorded in run.json for the report;
+    on ``resume`` they are added to the run's earlier ones.
+    """
     task_cls = task_cls or resolve_task(cfg.task)
     info = init_distributed(cfg.trainer.device)
     device = pick_device(cfg.trainer.device, info)
@@ -198,7 +209,9 @@ def train(cfg: Recipe, task_cls: type[Task] | None = None, *, resume: str | Path
     run_dir = Path(resume) if resume else make_run_dir(cfg, info)
     if info.main:
         atomic_write_text(run_dir / "recipe.yaml", dump_yaml(cfg))
-        atomic_write_text(run_dir / "run.json", json.dumps(environment(device, argv), indent=2))
+        earlier = _load_run_json(run_dir).get("overrides", []) if resume else []
+        env = environment(device, argv, [*earlier, *overrides])
+        atomic_write_text(run_dir / "run.json", json.dumps(env, indent=2))
     ctx = {"cfg": cfg, "info": info, "device": device, "run_dir": run_dir, "fold_results": []}
     start = 0
     if ckpt is not None:
@@ -247,10 +260,16 @@ def finish(task: Task, cfg: Recipe, trainer: Trainer, ctx: dict, wall: float) ->
     return results
 
 
-def environment(device: torch.device, argv: list[str] | None) -> dict:
-    """What a report needs to say where a run ran."""
+def _load_run_json(run_dir: Path) -> dict:
+    path = Path(run_dir) / "run.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def environment(device: torch.device, argv: list[str] | None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """What a report needs to say where a run ran (and with which recipe overrides)."""
     return {
-        "argv": argv or sys.argv[1:],
+        "argv": sys.argv[1:] if argv is None else argv,
+        "overrides": list(overrides),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": str(device),
@@ -260,7 +279,9 @@ def environment(device: torch.device, argv: list[str] | None) -> dict:
     }
 
 
-def eval_checkpoint(cfg: Recipe, task_cls: type[Task], path: str) -> dict:
+def eval_checkpoint(
+    cfg: Recipe, task_cls: type[Task], path: str, argv: list[str] | None = None, overrides: list[str] = ()
+) -> dict:
     """Evaluate a checkpoint's weights on the test split of ``cfg``."""
     ckpt = load_checkpoint(path)
     info = DistInfo()
@@ -278,9 +299,12 @@ def eval_checkpoint(cfg: Recipe, task_cls: type[Task], path: str) -> dict:
         task, model, make_loader(splits.test, splits, cfg.trainer, train=False, info=info), device, cfg.trainer
     )
     run_dir = make_run_dir(cfg, info, suffix="-eval")
+    atomic_write_text(run_dir / "run.json", json.dumps(environment(device, argv, overrides), indent=2))
+    atomic_write_text(run_dir / "recipe.yaml", dump_yaml(cfg))
     extra = task.pictures(model, splits, run_dir, device) or {}
-    results = {"name": cfg.name, "checkpoint": str(path), "test": metrics, "extra": extra}
+    results = {"name": cfg.name, "task": cfg.task, "checkpoint": str(path), "test": metrics, "extra": extra}
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
+    write_report(run_dir)
     print(json.dumps({"test": scalars(metrics), "run_dir": str(run_dir)}, indent=2))
     return results
 
@@ -296,9 +320,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ok: {recipe} (task '{cfg.task}', name '{cfg.name}')")
             return 0
         if args.eval:
-            eval_checkpoint(cfg, task_cls, args.eval)
+            eval_checkpoint(cfg, task_cls, args.eval, argv, args.overrides)
             return 0
-        train(cfg, task_cls, resume=args.resume, argv=argv)
+        train(cfg, task_cls, resume=args.resume, argv=argv, overrides=args.overrides)
         return 0
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

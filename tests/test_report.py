@@ -92,5 +92,24 @@ def test_report_is_refreshed_at_each_checkpoint(tmp_path, monkeypatch):
     out = tmp_path / "runs"
     args = [str(REPO / "recipes" / "mnist.yaml"), *TINY, "trainer.max_steps=100", "trainer.epochs=2"]
     assert run.main([*args, f"output_dir={out}"]) == 130
-    text = (only_run_dir(out) / "report.html").read_text()
+    run_dir = only_run_dir(out)
+    text = (run_dir / "report.html").read_text()
     assert "in progress" in text and "curves.png" in text
+    monkeypatch.setattr(DigitsTask, "step", original)
+    assert run.main(["--resume", str(run_dir), "trainer.log_every=7"]) == 0  # overrides: the first ones + this
+    recorded = json.loads((run_dir / "run.json").read_text())["overrides"]
+    assert recorded == [*TINY, "trainer.max_steps=100", "trainer.epochs=2", f"output_dir={out}", "trainer.log_every=7"]
+    text = (run_dir / "report.html").read_text()
+    assert "finished" in text and "trainer.log_every=7" in text and "data.train_limit=32" in text
+
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    assert run.main([*args, f"output_dir={tmp_path / 'eval'}", "--eval", str(ckpt)]) == 0
+    eval_dir = only_run_dir(tmp_path / "eval")
+    assert "data.test_limit=16" in (eval_dir / "report.html").read_text()
+    assert json.loads((eval_dir / "run.json").read_text())["overrides"][-1] == f"output_dir={tmp_path / 'eval'}"
+
+
+def test_library_train_records_its_overrides(tmp_path):
+    res = run.train_recipe(REPO / "recipes" / "mnist.yaml", *TINY, f"output_dir={tmp_path}")
+    env = json.loads((tmp_path / res["run_dir"].split("/")[-1] / "run.json").read_text())
+    assert env["overrides"] == [*TINY, f"output_dir={tmp_path}"] and env["argv"] == []
