@@ -102,12 +102,22 @@ def _import_builtin_tasks() -> None:
                 raise
 
 
-def _load_entry_points() -> None:
+def _load_entry_point(name: str) -> None:
+    """Register the task that an installed package offers as ``name`` (entry point group ``capsule_kit.tasks``).
+
+    Only that plugin is imported, so a broken plugin of another name cannot get in the way.
+    """
     for ep in metadata.entry_points(group="capsule_kit.tasks"):
-        if ep.name not in TASKS:
+        if ep.name != name or name in TASKS:
+            continue
+        try:
             obj = ep.load()
-            if isinstance(obj, type) and issubclass(obj, Task) and ep.name not in TASKS:
-                TASKS.register(ep.name)(obj)
+        except Exception as exc:  # a third-party plugin: any import failure is reported in one line
+            why = f"{type(exc).__name__}: {exc}"
+            raise ConfigError(f"task '{name}': plugin {ep.value} failed to import ({why})") from None
+        if not (isinstance(obj, type) and issubclass(obj, Task)):
+            raise ConfigError(f"task '{name}': plugin {ep.value} is not a capsule_kit Task subclass")
+        TASKS.register(name)(obj)
 
 
 def _from_path(spec: str) -> type[Task]:
@@ -128,7 +138,7 @@ def resolve_task(spec: str) -> type[Task]:
         return _from_path(spec)
     if spec not in TASKS:
         _import_builtin_tasks()
-        _load_entry_points()
+        _load_entry_point(spec)
     try:
         return TASKS.get(spec)
     except RegistryError as exc:

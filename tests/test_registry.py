@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from importlib import metadata
+
 import pytest
 
 from capsule_kit import MODELS, ROUTING, TASKS, Registry
+from capsule_kit.errors import ConfigError
 from capsule_kit.registry import RegistryError, nearest
+from capsule_kit.task import Task, resolve_task
 
 
 @pytest.fixture
@@ -65,3 +69,25 @@ def test_global_registries_resolve_aliases():
 def test_nearest():
     assert nearest("atention", ["attention", "dynamic"]) == "attention"
     assert nearest("xyz", ["attention", "dynamic"]) is None
+
+
+class PluginTask(Task):
+    """A task that an installed package would offer through the ``capsule_kit.tasks`` entry point group."""
+
+
+def test_tasks_from_entry_points(monkeypatch):
+    group = "capsule_kit.tasks"
+    plugins = [
+        metadata.EntryPoint("plugged", f"{__name__}:PluginTask", group),
+        metadata.EntryPoint("broken", "no_such_module_xyz:Task", group),
+        metadata.EntryPoint("not_a_task", "os.path:join", group),
+    ]
+    monkeypatch.setattr(metadata, "entry_points", lambda group: [ep for ep in plugins if ep.group == group])
+    monkeypatch.setattr(TASKS, "_items", dict(TASKS._items))  # registrations made here stay in this test
+    assert resolve_task("plugged") is PluginTask  # only this plugin is loaded: 'broken' is never imported
+    with pytest.raises(ConfigError, match="unknown task 'digitz'.*did you mean 'digits'"):
+        resolve_task("digitz")
+    with pytest.raises(ConfigError, match="plugin no_such_module_xyz:Task failed to import .ModuleNotFoundError"):
+        resolve_task("broken")
+    with pytest.raises(ConfigError, match="plugin os.path:join is not a capsule_kit Task subclass"):
+        resolve_task("not_a_task")
