@@ -31,6 +31,9 @@ def safe_norm(s: Tensor, dim: int = -1, keepdim: bool = False) -> Tensor:
     Returns:
         ``|s|`` along ``dim``.
 
+    Shapes:
+        s: [..., D] (``dim=-1``) -> [...] (or [..., 1] with ``keepdim``)
+
     """
     sq = s.pow(2).sum(dim=dim, keepdim=keepdim)
     positive = sq > 0

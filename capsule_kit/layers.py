@@ -214,6 +214,7 @@ class PrimaryMatrixCaps(nn.Module):
         self.act = nn.Conv2d(in_channels, num_types, 1)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Shapes: x [B, C, H, W] -> poses [B, H, W, T, P*P], activations [B, H, W, T] in (0, 1)."""
         b, _, h, w = x.shape
         poses = self.pose(x).view(b, self.num_types, self.pose_dim, h, w).permute(0, 3, 4, 1, 2)
         return poses.contiguous(), torch.sigmoid(self.act(x)).permute(0, 2, 3, 1).contiguous()

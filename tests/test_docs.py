@@ -42,3 +42,25 @@ def test_new_domain_example_trains_through_the_cli(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = results(only_run_dir(tmp_path))
     assert res["task"] == "sklearn_digits:SklearnDigitsTask" and res["steps"] == 2
+
+
+def test_public_tensor_api_documents_shapes():
+    """Every exported module and every exported function taking tensors has a shape legend in its docstring."""
+    import inspect
+
+    import torch
+
+    import capsule_kit as ck
+
+    missing = []
+    for name in ck.__all__:
+        obj = getattr(ck, name)
+        if inspect.isclass(obj) and issubclass(obj, torch.nn.Module):
+            docs = (inspect.getdoc(obj) or "") + (inspect.getdoc(obj.forward) or "")
+        elif inspect.isfunction(obj) and "Tensor" in str(inspect.signature(obj)):
+            docs = inspect.getdoc(obj) or ""
+        else:
+            continue
+        if not ("[B" in docs or "[...]" in docs or "[..." in docs):
+            missing.append(name)
+    assert not missing, f"no shapes in the docstrings of {missing}"

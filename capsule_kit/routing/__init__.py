@@ -8,7 +8,19 @@ from capsule_kit.routing.em import EMRouting
 
 
 def build(name: str, /, **kwargs) -> Routing:
-    """Build a registered routing module by name (see ``names()``)."""
+    """Build a registered routing module by name (see ``names()``).
+
+    Every routing module has one signature, ``forward(votes, activations=None) -> Routed``.
+
+    Shapes:
+        votes: [B, N_i, N_o, D_o], activations: [B, N_i] or None
+        returns: Routed(poses [B, N_o, D_o], activations [B, N_o], coupling [B, N_i, N_o])
+
+    Example:
+        >>> import torch
+        >>> build("dynamic", iterations=3)(torch.randn(2, 6, 3, 4)).poses.shape
+        torch.Size([2, 3, 4])
+    """
     return ROUTING.build(name, **kwargs)
 
 

@@ -29,6 +29,9 @@ def leaky_softmax(logits: Tensor, dim: int) -> Tensor:
     """Softmax with an extra zero logit that is dropped from the output.
 
     ``exp(b_j) / (1 + sum_k exp(b_k))``; outputs sum to less than 1.
+
+    Shapes:
+        logits: any, e.g. [B, N_o, N_i] with ``dim=1`` -> the same shape
     """
     lse = torch.logsumexp(logits, dim=dim, keepdim=True)
     return torch.exp(logits - torch.logaddexp(lse, torch.zeros_like(lse)))
