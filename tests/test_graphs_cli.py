@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 pytest.importorskip("torch_geometric")
 pytest.importorskip("sklearn")
 
-from capsule_kit import run  # noqa: E402
+from capsule_kit import compare, run  # noqa: E402
 from tests.conftest import data_path  # noqa: E402
 from tests.helpers import REPO, only_run_dir, results, run_cli  # noqa: E402
 
@@ -39,7 +40,7 @@ def test_cli_one_fold_two_steps_on_mutag(tmp_path, cache_env):
 
 
 @needs_mutag
-def test_two_fold_cv_writes_fold_results_mean_std_and_plot(tmp_path, cache_env):
+def test_two_fold_cv_writes_fold_results_mean_std_and_plot(tmp_path, cache_env, capsys):
     argv = [RECIPE, "cv.folds=2", "trainer.max_steps=1", "trainer.eval_max_steps=1", "trainer.progress=false",
             "trainer.batch_size=4", f"output_dir={tmp_path / 'runs'}"]  # fmt: skip
     assert run.main(argv) == 0
@@ -50,6 +51,10 @@ def test_two_fold_cv_writes_fold_results_mean_std_and_plot(tmp_path, cache_env):
     assert res["test"]["accuracy"] == pytest.approx(sum(folds) / 2) and "accuracy" in res["test_std"]
     assert (run_dir / "cv_accuracy.png").stat().st_size > 0 and (run_dir / "confusion_all_folds.png").is_file()
     assert sum(map(sum, res["confusion_all_folds"])) == 8  # eval_max_steps=1 x batch 4, in each of 2 folds
+    page = (run_dir / "report.html").read_text()
+    assert all(f'data-file="{p.name}"' in page for p in run_dir.glob("*.png")) and 'data-file="cv_accuracy.png"' in page
+    assert compare.main([str(tmp_path / "runs"), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["test_accuracy"] == pytest.approx(res["test"]["accuracy"], abs=1e-4)
 
 
 def one_error_line(capsys, argv) -> str:
