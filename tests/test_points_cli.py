@@ -6,6 +6,7 @@ import numpy as np
 
 from capsule_kit import run
 from tasks.points.pictures import capsule_colors
+from tasks.points.render import open3d_renderer
 from tests.helpers import REPO, only_run_dir, results, run_cli
 
 TINY = str(REPO / "recipes" / "points_tiny.yaml")
@@ -36,6 +37,10 @@ def test_tiny_recipe_trains_two_steps_and_reports_svm(tmp_path):
     assert extra["model_params_full_transform"] - res["params"] == 64 * 8 * 16 * 16 - 8 * 16 * 16
     for name in ("reconstructions.png", "svm_confusion.png", "checkpoints/last.pt"):
         assert (run_dir / name).exists(), name
+    assert extra["render"] == ("open3d" if open3d_renderer()[0] else "matplotlib")
+    assert (run_dir / "report.html").exists()
+    page = (run_dir / "report.html").read_text()
+    assert 'data-file="reconstructions.png" src="data:image/png;base64,' in page  # embedded, not linked
     recon = sorted(run_dir.glob("recon_*.ply"))
     assert len(recon) == 2 and len(list(run_dir.glob("input_*.ply"))) == 2
     rgb = read_ply_colors(recon[0])

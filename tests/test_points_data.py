@@ -163,6 +163,37 @@ def test_layouts_are_detected_and_split(tmp_path, layout):
         assert classes == {"chair", "desk"} and splits == ([0, 0, 1, 1] if layout == "modelnet" else [0, 0, 1])
 
 
+def test_modelnet40_lists_win_over_modelnet10_lists_and_names_are_read_once(tmp_path):
+    make_tree(tmp_path, "modelnet40_txt")  # modelnet40 lists: chair_0001 + desk_0001 train, chair_0002 test
+    (tmp_path / "modelnet10_train.txt").write_text("chair_0001\n")  # as in modelnet40_normal_resampled
+    (tmp_path / "modelnet10_test.txt").write_text("chair_0002\n")
+    (tmp_path / "modelnet40_train.txt").write_text("chair_0001\ndesk_0001\nchair_0001\n")  # a repeated name
+    entries, layout = discover(tmp_path, "auto")
+    assert layout == "modelnet40_txt"
+    assert sorted((f.name, s) for f, _, s in entries) == [("chair_0001.txt", 0), ("chair_0002.txt", 1),
+                                                          ("desk_0001.txt", 0)]  # fmt: skip
+    for name in ("modelnet40_train.txt", "modelnet40_test.txt"):  # only ModelNet10 lists: those are used
+        (tmp_path / name).unlink()
+    entries, _ = discover(tmp_path, "modelnet40_txt")
+    assert sorted((f.name, s) for f, _, s in entries) == [("chair_0001.txt", 0), ("chair_0002.txt", 1)]
+
+
+@pytest.mark.parametrize("reader", ["numpy", "open3d"])
+@pytest.mark.parametrize("ext", [".obj", ".off"])
+def test_mesh_with_nan_vertex_names_the_file_and_count(tmp_path, reader, ext):
+    if reader == "open3d" and io.open3d_or_reason()[0] is None:
+        pytest.skip(io.open3d_or_reason()[1])
+    verts = ["0 0 0", "1 0 0", "nan 1 0", "0 0 1", "0 inf 1"]
+    if ext == ".obj":
+        text = "".join(f"v {v}\n" for v in verts) + "f 1 2 3\nf 1 2 4\nf 1 4 5\n"
+    else:
+        text = f"OFF\n{len(verts)} 3 0\n" + "".join(f"{v}\n" for v in verts) + "3 0 1 2\n3 0 1 3\n3 0 3 4\n"
+    (tmp_path / f"bad{ext}").write_text(text)
+    with pytest.raises(DataError) as err:
+        io.load_points(tmp_path / f"bad{ext}", 10, reader=reader)
+    assert str(err.value) == f"{tmp_path / f'bad{ext}'}: 2 of 5 mesh vertices have NaN/inf coordinates"
+
+
 def test_cache_is_reused_and_invalidated(tmp_path, cache_env, monkeypatch):
     make_tree(tmp_path / "data", "folder")
     d = DataConfig(num_points=16)

@@ -3,7 +3,8 @@
 Layouts (``data.layout``; ``auto`` detects them in this order):
 
 * ``modelnet40_txt``: ModelNet40/10 resampled clouds, ``<class>/<class>_0001.txt``
-  with ``modelnet40_train.txt`` / ``modelnet40_test.txt`` name lists in the root.
+  with ``modelnet40_train.txt`` / ``modelnet40_test.txt`` name lists in the root
+  (other ``*_train.txt`` lists, e.g. ``modelnet10_*``, only when those are absent).
 * ``shapenet_part``: ``<synset>/*.txt|*.pts`` (also ``<synset>/points/*.pts``), split
   by ``train_test_split/shuffled_{train,val,test}_file_list.json`` (train+val for
   training), class names from ``synsetoffset2category.txt`` when present.
@@ -88,13 +89,25 @@ def detect_layout(root: Path) -> str:
     return "folder"
 
 
+def _listings(root: Path, split: str) -> list[Path]:
+    """The name lists of one split: ``modelnet40_<split>.txt`` when present, else every ``*_<split>.txt``.
+
+    The standard ``modelnet40_normal_resampled`` folder also holds ``modelnet10_*`` lists (a subset of
+    the same shapes), so reading every list would count the ModelNet10 shapes twice.
+    """
+    preferred = root / f"modelnet40_{split}.txt"
+    return [preferred] if preferred.is_file() else sorted(root.glob(f"*_{split}.txt"))
+
+
 def _modelnet40_txt(root: Path) -> list[tuple[Path, str, int]]:
-    out = []
+    out, seen = [], set()
     for split, part in (("train", 0), ("test", 1)):
-        for listing in sorted(root.glob(f"*_{split}.txt")):
+        for listing in _listings(root, split):
             for name in listing.read_text().split():
-                cls = name.rsplit("_", 1)[0]
-                out.append((root / cls / f"{name}.txt", cls, part))
+                if name not in seen:  # a shape listed twice is read once (in its first split)
+                    seen.add(name)
+                    cls = name.rsplit("_", 1)[0]
+                    out.append((root / cls / f"{name}.txt", cls, part))
     return out
 
 

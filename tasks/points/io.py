@@ -212,6 +212,17 @@ def read_ply_ascii(path: Path) -> tuple[np.ndarray, np.ndarray]:
 # -- sampling ------------------------------------------------------------------
 
 
+def check_vertices(path: Path, verts: np.ndarray) -> None:
+    """Raise a one-line DataError when mesh vertices are NaN/inf (sampling would fail obscurely).
+
+    Shapes:
+        verts: [V, 3]
+    """
+    bad = int((~np.isfinite(verts).all(axis=1)).sum())
+    if bad:
+        raise DataError(f"{path}: {bad} of {len(verts)} mesh vertices have NaN/inf coordinates")
+
+
 def sample_mesh(verts: np.ndarray, faces: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     """``n`` points uniformly on the surface (faces picked by area, uniform barycentric).
 
@@ -242,12 +253,17 @@ def _read_open3d(path: Path, n: int, sampling: str, seed: int) -> np.ndarray:
     if path.suffix.lower() in MESH_EXTS or path.suffix.lower() == ".ply":
         mesh = o3d.io.read_triangle_mesh(str(path))
         if len(mesh.triangles):
+            check_vertices(path, np.asarray(mesh.vertices))
             if sampling == "poisson":
                 o3d.utility.random.seed(seed)
                 return np.asarray(mesh.sample_points_poisson_disk(n).points)
             return sample_mesh(np.asarray(mesh.vertices), np.asarray(mesh.triangles), n, np.random.default_rng(seed))
         if path.suffix.lower() in MESH_EXTS:
-            return np.zeros((0, 3))
+            # open3d's OFF reader gives up on a 'nan' token (and keeps garbage vertices): the numpy
+            # reader says what is wrong, or finds the file has no faces
+            verts, faces = _mesh_numpy(path)
+            check_vertices(path, verts)
+            return np.zeros((0, 3)) if len(faces) == 0 else _read_numpy(path, n, sampling, seed)
     if path.suffix.lower() in (".txt", ".pts"):
         return read_table(path)
     return np.asarray(o3d.io.read_point_cloud(str(path)).points)
@@ -262,8 +278,12 @@ def _read_numpy(path: Path, n: int, sampling: str, seed: int) -> np.ndarray:
     verts, faces = _mesh_numpy(path)
     if len(faces) == 0:
         return verts if ext == ".ply" else np.zeros((0, 3))
+    check_vertices(path, verts)
     if sampling == "poisson":
-        require_open3d(f"{path}: data.sampling=poisson")
+        o3d = require_open3d(f"{path}: data.sampling=poisson")
+        mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(verts), o3d.utility.Vector3iVector(faces))
+        o3d.utility.random.seed(seed)
+        return np.asarray(mesh.sample_points_poisson_disk(n).points)
     return sample_mesh(verts, faces, n, np.random.default_rng(seed))
 
 

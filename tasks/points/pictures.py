@@ -3,7 +3,8 @@
 * ``recon_<k>_<class>.ply``: reconstructions with each point coloured by the
   latent capsule that decoded it (the paper's part-aware figure), next to
   ``input_<k>_<class>.ply``;
-* ``reconstructions.png``: input vs part-coloured reconstruction (matplotlib 3D);
+* ``reconstructions.png``: input vs part-coloured reconstruction, rendered offscreen by open3d
+  where that works, else matplotlib 3D scatter (``extra["render"]`` says which; see render.py);
 * the SVM transfer accuracy and ``svm_confusion.png``;
 * parameter counts of the latent transform, shared and full.
 
@@ -16,21 +17,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import matplotlib.colors
+import numpy as np
+import torch
+from torch import nn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from capsule_kit.data import Splits  # noqa: E402
-from capsule_kit.report import plot_confusion  # noqa: E402
-from tasks.points.chamfer import chamfer_distance  # noqa: E402
-from tasks.points.data import CloudDataset  # noqa: E402
-from tasks.points.io import write_ply  # noqa: E402
-from tasks.points.model import PointCapsNet, transform_params  # noqa: E402
-from tasks.points.transfer import extract_latent, svm_transfer  # noqa: E402
+from capsule_kit.data import Splits
+from capsule_kit.report import plot_confusion
+from tasks.points.chamfer import chamfer_distance
+from tasks.points.data import CloudDataset
+from tasks.points.io import write_ply
+from tasks.points.model import PointCapsNet, transform_params
+from tasks.points.render import render_panels
+from tasks.points.transfer import extract_latent, svm_transfer
 
 
 def capsule_colors(num_caps: int) -> np.ndarray:
@@ -47,44 +46,37 @@ def pick_shapes(labels: torch.Tensor, k: int) -> list[int]:
     return (firsts + rest)[:k]
 
 
-def _scatter(ax, pts: np.ndarray, colors, title: str) -> None:
-    ax.scatter(pts[:, 0], pts[:, 1], pts[:, 2], c=colors, s=2, depthshade=False)
-    ax.set_title(title, fontsize=8)
-    ax.set_xlim(-1, 1), ax.set_ylim(-1, 1), ax.set_zlim(-1, 1)
-    ax.set_box_aspect((1, 1, 1))
-    ax.set_axis_off()
-
-
 @torch.no_grad()
-def write_reconstructions(task, model: nn.Module, data: Splits, run_dir: Path, device: Any) -> list[str]:
-    """Part-coloured PLY files and ``reconstructions.png`` for a few test shapes; returns the file names."""
+def write_reconstructions(task, model: nn.Module, data: Splits, run_dir: Path, device: Any) -> tuple[list[str], str]:
+    """Part-coloured PLY files and ``reconstructions.png`` for a few test shapes.
+
+    Returns:
+        The file names, and the renderer of the PNG (``open3d`` or ``matplotlib``; ``""`` without shapes).
+
+    """
     k = task.cfg.pictures.shapes
     ds, ps = data.test, task.point_set
     idx = pick_shapes(ds.labels, k)
     if not idx:
-        return []
+        return [], ""
     model.eval()
     points = ds.points[idx].to(device)
     out = model(task.encoder_input(points, train=False))
     cd = chamfer_distance(out.points.float(), points.float()).cpu()
     colors = capsule_colors(model.decoder.num_caps)[model.capsule_of_point().numpy()]
     note = "SYNTHETIC shapes" if ps.synthetic else Path(ps.source).name
-    fig = plt.figure(figsize=(2.4 * len(idx), 5.0))
-    files = []
+    files, inputs, recons = [], [], []
     for row, i in enumerate(idx):
         name = f"{row}_{ps.classes[int(ds.labels[i])]}"
         src, rec = points[row].cpu().numpy(), out.points[row].float().cpu().numpy()
         comment = f"capsule-kit points {note}; colour = latent capsule"
         files += [write_ply(run_dir / f"input_{name}.ply", src, comment=f"capsule-kit points {note}").name,
                   write_ply(run_dir / f"recon_{name}.ply", rec, colors, comment=comment).name]  # fmt: skip
-        _scatter(fig.add_subplot(2, len(idx), row + 1, projection="3d"), src, "0.35", f"input: {name}")
-        ax = fig.add_subplot(2, len(idx), len(idx) + row + 1, projection="3d")
-        _scatter(ax, rec, colors, f"reconstruction, CD {cd[row]:.4f}")
-    fig.suptitle(f"{note}: colour = latent capsule", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(run_dir / "reconstructions.png", dpi=110)
-    plt.close(fig)
-    return [*files, "reconstructions.png"]
+        inputs.append((src, np.full_like(src, 0.35), f"input: {name}"))
+        recons.append((rec, colors, f"reconstruction, CD {cd[row]:.4f}"))
+    title = f"{note}: colour = latent capsule"
+    renderer = render_panels(inputs + recons, len(idx), run_dir / "reconstructions.png", title)
+    return [*files, "reconstructions.png"], renderer
 
 
 def parameter_counts(task) -> dict[str, int]:
@@ -105,7 +97,7 @@ def points_pictures(task, model: nn.Module, data: Splits, run_dir: Path, device:
     cfg, ps = task.cfg, task.point_set
     extra: dict[str, Any] = {"data": ps.source, "synthetic": ps.synthetic, "classes": ps.classes}
     extra.update(parameter_counts(task))  # the runner reports this model's own count as "params"
-    extra["files"] = write_reconstructions(task, model, data, run_dir, device)
+    extra["files"], extra["render"] = write_reconstructions(task, model, data, run_dir, device)
     if cfg.transfer.svm:
         res = transfer(task, model, data, device)
         title = f"SVM transfer {res['svm_accuracy']:.3f}" + (" (SYNTHETIC shapes)" if ps.synthetic else "")
