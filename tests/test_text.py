@@ -157,6 +157,16 @@ def test_word_vectors_initialise_embeddings(tmp_path):
     path.write_text("good 1 2\n")
     with pytest.raises(DataError, match="line 1: expected a word and 3 numbers"):
         load_vectors(path, tok, 3, seed=0)
+    # glove.840B-style tokens holding spaces: the last 3 fields are the vector, the rest is the word.
+    path.write_text(". . . 0.5 0.5 0.5\nat&t corp 7 8 9\ngood 1 2 3\n")
+    table, found = load_vectors(path, tok, 3, seed=0)
+    assert found == 1 and table[good].tolist() == [1.0, 2.0, 3.0]
+    path.write_text("good 1 2 3 4\n")  # a wrong model.embed_dim must not make "good 1" a word
+    with pytest.raises(DataError, match="line 1: expected a word and 3 numbers .* got 4 values"):
+        load_vectors(path, tok, 3, seed=0)
+    path.write_text("2 4\ngood 1 2 3 4\n")
+    with pytest.raises(DataError, match="line 1: word2vec header says 4-d vectors, model.embed_dim=3"):
+        load_vectors(path, tok, 3, seed=0)
 
 
 # --- data ------------------------------------------------------------------------------------------
@@ -202,6 +212,8 @@ def test_string_and_multi_labels_from_jsonl(tmp_path):
         (b"label\ttext\n1\tfine\n0\t  \n", "train.tsv: line 3: empty text"),
         (b"label\tsentence\n1\tfine\n", "train.tsv: no text column 'text' (columns: label, sentence"),
         (b"label\ttext\n1\tfine\n\tno label\n", "train.tsv: line 3: empty label"),
+        (b"label\ttext\n1\tfine\n0\tbad\textra\n1\tok\n", "train.tsv: line 3: 3 fields, but the header has 2"),
+        (b"label\ttext\n1\tfine\n\n0\tok\n", "train.tsv: line 3: empty text"),  # a blank line between rows
     ],
 )
 def test_bad_input_names_file_and_line(tmp_path, content, message):
@@ -209,8 +221,42 @@ def test_bad_input_names_file_and_line(tmp_path, content, message):
     (tmp_path / "d" / "train.tsv").write_bytes(content)
     write_tsv(tmp_path / "d" / "test.tsv", [(1, "x")])
     with pytest.raises(DataError) as err:
-        make_task(tmp_path).build_data()
+        make_task(tmp_path).check_data()  # the runner's check, before it creates a run directory
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_check_data_checks_test_labels_against_train(tmp_path):
+    write_tsv(tmp_path / "d" / "train.tsv", [(0, "a"), (1, "b")])
+    write_tsv(tmp_path / "d" / "test.tsv", [(1, "a"), (2, "b")])
+    with pytest.raises(DataError, match=r"test.tsv: line 3: label '2' never occurs in the training split"):
+        make_task(tmp_path).check_data()
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (
+            '{"label": 1, "text": "a"}\n\n{"label": 0, "text": "b"}\n{"label": 1, "text": "c"\n',
+            "line 4: not valid JSON",
+        ),
+        ('{"label": 1, "text": "a"\n{"label": 0, "text": "b"}\n', "line 1: not valid JSON"),
+        ('"a sentence"\n{"label": 0, "text": "b"}\n', "line 1: expected a JSON object per line, got str"),
+    ],
+)
+def test_malformed_jsonl_names_the_file_line(tmp_path, lines, message):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "tr.jsonl").write_text(lines, encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        make_task(tmp_path, train="tr.jsonl", test="tr.jsonl").check_data()
+    assert f"tr.jsonl: {message}" in str(err.value) and "row" not in str(err.value), err.value
+
+
+def test_trailing_blank_lines_are_not_rows(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "train.tsv").write_text("label\ttext\n1\tgood\n0\tbad\n\n\n", encoding="utf-8")
+    (tmp_path / "d" / "test.csv").write_text("label,text\n1,fine\n\n", encoding="utf-8")
+    splits = make_task(tmp_path, test="test.csv").build_data()
+    assert splits.train.texts == ["good", "bad"] and splits.test.texts == ["fine"]
 
 
 def test_missing_file_and_folds_need_no_test(tmp_path):
@@ -218,6 +264,8 @@ def test_missing_file_and_folds_need_no_test(tmp_path):
         make_task(tmp_path).check_data()
     with pytest.raises(ConfigError, match="data.test: null"):
         make_task(tmp_path, folds=5).check_data()
+    with pytest.raises(ConfigError, match="data.folds: .*drop data.folds or data.hub"):
+        make_task(tmp_path, hub="someone/sst2", test=None, folds=5).check_data()
 
 
 def test_cv_folds_partition_the_file(tmp_path):
@@ -321,6 +369,13 @@ def test_hub_dataset_splits_are_used(tmp_path, monkeypatch):
     splits = task.build_data()
     assert seen["name"] == "someone/sst2" and (len(splits.train), len(splits.val), len(splits.test)) == (3, 1, 2)
     assert splits.test.labels.tolist() == [0, 1]
+
+    def fail(*args, **kwargs):
+        raise ConnectionError("")  # an exception with an empty message
+
+    monkeypatch.setattr(datasets, "load_dataset", fail)
+    with pytest.raises(DataError, match=r"data.hub 'someone/sst2': cannot load \(ConnectionError\)"):
+        make_task(tmp_path, hub="someone/sst2").build_data()
 
 
 def test_csv_with_quotes_and_string_labels(tmp_path):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html
 import importlib.util
+import io
 import json
 
 import pytest
@@ -50,6 +52,9 @@ def test_sst2_two_steps_then_eval_and_predict(tmp_path, cache_env, capsys):
     rows = (run_dir / "predictions.tsv").read_text(encoding="utf-8").splitlines()
     assert len(rows) == 1 + 1821 and rows[0].split("\t") == ["index", "text", "label", "predicted", "capsule_lengths"]
     assert json.loads((run_dir / "labels.json").read_text())[1] == {"index": 1, "value": "1", "name": "positive"}
+    page = (run_dir / "report.html").read_text(encoding="utf-8")
+    assert 'data-file="confusion.png"' in page and "<h2>Predictions</h2>" in page
+    assert html.escape(rows[1].split("\t")[1]) in page  # the first test sentence, in the predictions table
 
     # --eval on the checkpoint reproduces the run's test metrics (same weights, same tokenizer).
     ckpt = run_dir / "checkpoints" / "last.pt"
@@ -88,6 +93,52 @@ def test_bad_file_exits_2_with_one_line(tmp_path, cache_env, capsys, content, ex
     assert len(err.splitlines()) == 1 and expected in err and "Traceback" not in err, err
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("train.tsv", "label\ttext\n1\tok\n0\tbad\textra\n", "train.tsv: line 3: 3 fields, but the header has 2"),
+        (
+            "train.jsonl",
+            '{"label": 1, "text": "ok"}\n{"label": 0, "text": "x"\n',
+            "train.jsonl: line 2: not valid JSON",
+        ),
+    ],
+)
+def test_malformed_file_cli_prints_one_line_and_no_run_dir(tmp_path, cache_env, name, content, expected):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / name).write_text(content, encoding="utf-8")
+    (tmp_path / "d" / "test.tsv").write_text("label\ttext\n1\tfine\n", encoding="utf-8")
+    proc = run_cli("recipes/text_cls.yaml", f"data.root={tmp_path}", "data.dir=d", f"data.train={name}",
+                   "data.val=null", *SMALL, f"output_dir={tmp_path / 'runs'}")  # fmt: skip
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and expected in lines[0]
+    assert not (tmp_path / "runs").exists()  # the data is checked before the run directory is made
+
+
+def test_predict_rejects_non_utf8_stdin_and_bad_devices(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"a fine film\ncaf\xe9\n"), encoding="utf-8"))
+    monkeypatch.setattr(predict, "load_predictor", lambda path, device: (None, None))  # the input is read next
+    assert predict.main([str(tmp_path / "nope.pt"), "-"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: stdin: line 2: not UTF-8 text (byte 0xe9)"
+    for device, expected in (("bogus", "not a torch device"), ("cuda:99", "not available here")):
+        assert predict.main([str(tmp_path / "nope.pt"), "--device", device]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith(f"error: --device '{device}': {expected}"), err
+
+
+def test_predict_reads_the_weights_results_json_tested(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    assert predict.checkpoint_path(run_dir) == run_dir / "checkpoints" / "last.pt"  # no results.json yet
+    (run_dir / "results.json").write_text(json.dumps({"test_weights": "best", "best_epoch": 2}))
+    assert predict.checkpoint_path(run_dir) == run_dir / "checkpoints" / "best.pt"
+    (run_dir / "results.json").write_text(json.dumps({"test_weights": "last", "best_epoch": 2}))
+    assert predict.checkpoint_path(run_dir) == run_dir / "checkpoints" / "last.pt"
+    assert predict.checkpoint_path(run_dir / "checkpoints" / "best.pt") == run_dir / "checkpoints" / "best.pt"
+
+
 @needs_sst2
 def test_pretrained_recipe_one_step_with_cached_states(tmp_path, cache_env, capsys):
     tiny_bert = make_tiny_bert(tmp_path)
@@ -123,3 +174,12 @@ def test_test_weights_best_tests_the_best_validation_epoch(tmp_path, cache_env, 
     ckpt = run_dir / "checkpoints" / "best.pt"
     assert run.main([*argv[:-2], f"output_dir={tmp_path / 'eval'}", "--eval", str(ckpt)]) == 0
     assert json.loads(capsys.readouterr().out)["test"]["accuracy"] == pytest.approx(res["test"]["accuracy"])
+
+    # predict on the run directory uses best.pt (last.pt is broken here on purpose) and matches predictions.tsv.
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint")
+    first = (run_dir / "predictions.tsv").read_text(encoding="utf-8").splitlines()[1].split("\t")
+    (tmp_path / "in.txt").write_text(first[1] + "\n", encoding="utf-8")
+    assert predict.main([str(run_dir), str(tmp_path / "in.txt")]) == 0
+    label, lengths = capsys.readouterr().out.split("\t")[:2]
+    assert label == first[3]
+    assert [float(v) for v in lengths.split()] == pytest.approx([float(v) for v in first[4].split()], abs=2e-4)

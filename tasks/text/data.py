@@ -11,7 +11,9 @@ Shapes: N examples, C classes, V vocabulary, E embedding dim.
 from __future__ import annotations
 
 import csv
+import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,8 +59,8 @@ def file_format(path: Path, fmt: str) -> str:
     return found
 
 
-def check_file(path: Path, fmt: str) -> None:
-    """Raise DataError for a missing, empty, header-only or non-UTF-8 file (naming the line)."""
+def check_file(path: Path, fmt: str) -> str:
+    """Raise DataError for a missing, empty, header-only or non-UTF-8 file (naming the line); returns its text."""
     require_path(path, "text data file")
     raw = path.read_bytes()
     if not raw.strip():
@@ -72,15 +74,17 @@ def check_file(path: Path, fmt: str) -> None:
         ) from None
     if fmt != "json" and sum(1 for line in text.splitlines() if line.strip()) < 2:
         raise DataError(f"{path}: no data rows (only a header line)")
+    return text
 
 
 def _quiet(datasets: Any) -> None:
     datasets.disable_progress_bars()
-    logging.getLogger("datasets").setLevel(logging.ERROR)
+    # datasets logs parser failures at ERROR before raising; we turn them into one DataError line instead.
+    datasets.utils.logging.set_verbosity(logging.CRITICAL)
 
 
-def load_rows(path: Path, fmt: str) -> Any:
-    """One file as a ``datasets.Dataset`` (cached in the capsule-kit cache)."""
+def load_rows(path: Path, fmt: str, text: str = "") -> Any:
+    """One file as a ``datasets.Dataset`` (cached in the capsule-kit cache); ``text``: the file's content."""
     datasets = require("datasets")
     _quiet(datasets)
     common = {"data_files": str(path), "split": "train", "cache_dir": str(cache_dir("hf"))}
@@ -95,15 +99,64 @@ def load_rows(path: Path, fmt: str) -> Any:
     except Exception as exc:  # noqa: BLE001 - parser errors come wrapped in many types
         cause = exc.__cause__ or exc
         first = (str(cause).strip().splitlines() or [type(cause).__name__])[-1]
-        raise DataError(f"{path}: cannot read as {fmt}: {first[:200]}") from None
+        raise DataError(f"{path}: {parse_problem(first, fmt, text)[:240]}") from None
+
+
+def parse_problem(message: str, fmt: str, text: str) -> str:
+    """A parser's complaint with its location in this project's convention (TSV line / CSV row / JSON line)."""
+    fields = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", message)
+    if fields:  # pandas counts records from 1 with the header as record 1
+        want, record, got = map(int, fields.groups())
+        where = f"line {record}" if fmt == "tsv" else f"row {record - 1}"
+        return f"{where}: {got} fields, but the header has {want} (a stray {'tab' if fmt == 'tsv' else 'comma'}?)"
+    if fmt == "json":
+        bad = first_bad_json_line(text)
+        if bad:
+            return bad
+        message = re.sub(r" in row \d+", "", message)  # pyarrow's rows are 0-based and per block: misleading
+    return f"cannot read as {fmt}: {message}"
+
+
+def first_bad_json_line(text: str) -> str | None:
+    """``line N: ...`` for the first non-blank line of a JSON-lines text that is not a JSON object."""
+    try:
+        json.loads(text)
+        return None  # one JSON document (not JSON lines): no line to blame
+    except ValueError:
+        pass
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError as exc:
+            return f"line {n}: not valid JSON ({str(exc).split(':')[0]})"
+        if not isinstance(value, dict):
+            return f"line {n}: expected a JSON object per line, got {type(value).__name__}"
+    return None
 
 
 def read_table(path: Path, fmt: str, text_column: str, label_column: str) -> Table:
     """Check and load one file; the text and label columns must exist and texts be non-empty."""
     fmt = file_format(path, fmt)
-    check_file(path, fmt)
-    rows = load_rows(path, fmt)
+    text = check_file(path, fmt)
+    rows = load_rows(path, fmt, text)
+    if fmt != "json":
+        rows = drop_trailing_blank_rows(rows, text)
     return table_from_rows(rows, str(path), fmt, text_column, label_column)
+
+
+def drop_trailing_blank_rows(rows: Any, text: str) -> Any:
+    """Without the rows pandas made of blank lines at the end of the file (they are not data rows)."""
+    blank = 0
+    for line in reversed(text.splitlines()):
+        if line.strip():
+            break
+        blank += 1
+    n = len(rows)
+    while blank and n and all(v is None or not str(v).strip() for v in rows[n - 1].values()):
+        blank, n = blank - 1, n - 1
+    return rows.select(range(n)) if n < len(rows) else rows
 
 
 def table_from_rows(rows: Any, source: str, fmt: str, text_column: str, label_column: str) -> Table:
@@ -191,6 +244,9 @@ def build_tokenizer(texts: list[str], *, min_freq: int, max_vocab: int | None, l
 def load_vectors(path: Path, tokenizer_json: str, dim: int, seed: int) -> tuple[Tensor, int]:
     """Embedding table [V, E] from a GloVe/word2vec text file; words not in the file get U(-0.25, 0.25).
 
+    Each line is a word and ``dim`` numbers separated by spaces; the last ``dim`` fields are the
+    vector and the rest is the word, which may itself hold spaces (glove.840B has such tokens).
+
     Returns:
         The table and the number of vocabulary words found in the file.
 
@@ -202,21 +258,40 @@ def load_vectors(path: Path, tokenizer_json: str, dim: int, seed: int) -> tuple[
     table[0] = 0.0
     found = 0
     require_path(path, "word vectors file")
+    first = True
     with path.open(encoding="utf-8", errors="replace") as f:
         for n, line in enumerate(f, 1):
             parts = line.rstrip().split(" ")
-            if n == 1 and len(parts) == 2 and parts[1].isdigit():
+            if not line.strip():
+                continue
+            if n == 1 and len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
+                if int(parts[1]) != dim:
+                    raise DataError(f"{path}: line 1: word2vec header says {parts[1]}-d vectors, model.embed_dim={dim}")
                 continue  # word2vec text header "count dim"
-            if len(parts) != dim + 1:
+            # A wrong embed_dim shows on the first line (numbers left in the word); later words may hold spaces.
+            if len(parts) <= dim or (first and len(parts) > dim + 1 and _numbers(parts[1:-dim])):
                 raise DataError(
                     f"{path}: line {n}: expected a word and {dim} numbers (model.embed_dim), "
                     f"got {len(parts) - 1} values"
                 )
-            idx = vocab.get(parts[0])
+            first = False
+            idx = vocab.get(" ".join(parts[:-dim]))
             if idx is not None and idx > 1:
-                table[idx] = torch.tensor([float(x) for x in parts[1:]])
+                try:
+                    table[idx] = torch.tensor([float(x) for x in parts[-dim:]])
+                except ValueError:
+                    raise DataError(f"{path}: line {n}: the last {dim} fields are not all numbers") from None
                 found += 1
     return table, found
+
+
+def _numbers(fields: list[str]) -> bool:
+    """Whether every field parses as a float."""
+    try:
+        [float(x) for x in fields]
+    except ValueError:
+        return False
+    return True
 
 
 class TextExamples(Dataset):

@@ -4,7 +4,9 @@
 
 Reads one sentence per line from FILE (or stdin for ``-``/no argument), skips
 blank lines, and prints ``label<TAB>capsule lengths<TAB>sentence`` per sentence.
-A run directory means its ``checkpoints/last.pt`` (the weights results.json reports).
+A run directory means the weights its results.json reports: ``checkpoints/best.pt`` when
+results.json says ``"test_weights": "best"``, else ``checkpoints/last.pt`` (for a
+cross-validated run, the last fold's model).
 
 Shapes: N sentences, C classes.
 """
@@ -12,6 +14,7 @@ Shapes: N sentences, C classes.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -52,11 +55,44 @@ def lengths_text(row: Tensor) -> str:
     return " ".join(f"{v:.4f}" for v in row.tolist())
 
 
+def checkpoint_path(path: str | Path) -> Path:
+    """The checkpoint file of a run directory: the weights its results.json tested (best or last)."""
+    p = Path(path)
+    if not (p / "checkpoints").is_dir():
+        return p  # a checkpoint file (load_checkpoint names it when missing)
+    which = "last"
+    if (p / "results.json").is_file():
+        try:
+            which = json.loads((p / "results.json").read_text(encoding="utf-8")).get("test_weights") or "last"
+        except (ValueError, AttributeError):
+            raise CheckpointError(f"{p / 'results.json'}: not a results file (cannot tell best from last)") from None
+    return p / "checkpoints" / ("best.pt" if which == "best" else "last.pt")
+
+
+def pick_device(name: str) -> torch.device:
+    """``--device`` as a usable torch device (``auto``: CUDA when present)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device '{name}': not a torch device (cpu, cuda, cuda:N, mps, auto)") from None
+    try:
+        torch.zeros(1, device=device)  # a device torch knows but this machine lacks fails here
+    except (RuntimeError, AssertionError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"--device '{name}': not available here ({first[:120]}); try --device cpu") from None
+    if device.type == "meta":
+        raise UserError("--device 'meta': holds no data; use cpu, cuda or mps")
+    return device
+
+
 def load_predictor(path: str | Path, device: torch.device) -> tuple[nn.Module, object]:
     """Model (weights, tokenizer and labels from the checkpoint) and its validated recipe."""
     from tasks.text.model import build_text_model, decode_meta
     from tasks.text.task import TextConfig
 
+    path = checkpoint_path(path)
     ckpt = load_checkpoint(path)
     raw, state = ckpt.get("config"), ckpt.get("model")
     if not isinstance(raw, dict) or not isinstance(state, dict) or "meta" not in state:
@@ -73,17 +109,19 @@ def load_predictor(path: str | Path, device: torch.device) -> tuple[nn.Module, o
 
 
 def read_lines(source: str) -> list[str]:
-    """Non-blank lines of a file or stdin (``-``)."""
+    """Non-blank lines of a file or stdin (``-``), which must be UTF-8."""
     if source == "-":
-        text = sys.stdin.read()
+        where, raw = "stdin", sys.stdin.buffer.read()
     else:
         p = Path(source)
         if not p.is_file():
             raise DataError(f"{p}: no such file")
-        try:
-            text = p.read_text(encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{p}: not UTF-8 text (byte offset {exc.start})") from None
+        where, raw = str(p), p.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(f"{where}: line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x})") from None
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
@@ -91,11 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tasks.text.predict", description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", help="run directory or checkpoint file")
     p.add_argument("input", nargs="?", default="-", help="file with one sentence per line, or - for stdin")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, ...")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps or auto")
     p.add_argument("--batch-size", type=int, default=64)
     args = p.parse_args(argv)
     try:
-        device = torch.device(args.device)
+        device = pick_device(args.device)
         model, cfg = load_predictor(args.checkpoint, device)
         texts = read_lines(args.input)
         lengths = predict_lengths(model, texts, device, args.batch_size)

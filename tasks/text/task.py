@@ -135,13 +135,25 @@ class TextTask(Task):
         }
 
     def check_data(self) -> None:
-        if self.cfg.data.folds and self.cfg.data.test and not self.cfg.data.hub:
-            raise ConfigError("data.folds: cross-validation needs data.test: null (the folds are cut from train)")
+        """Read and check the data files (small; cached for build_data), so bad files stop before a run folder."""
+        from tasks.text.data import encode_labels, label_vocab
+
+        self.check_splits()
         if self.cfg.data.hub:
-            return
-        for split, path in self.files().items():
-            if path is not None:
-                require_path(path, f"data.{split} file")
+            return  # loading a hub dataset may need the network: left to build_data
+        d, raw = self.cfg.data, self.raw_tables()
+        keys = label_vocab(raw["train"], self.multi, d.label_sep)  # empty/several labels name their row
+        for table in (raw["val"], raw["test"]):
+            if table is not None:
+                encode_labels(table, keys, self.multi, d.label_sep)  # labels the training file never has
+
+    def check_splits(self) -> None:
+        """Raise ConfigError for split settings that cannot work together."""
+        d = self.cfg.data
+        if d.folds and d.hub:
+            raise ConfigError("data.folds: cross-validation works on files only; drop data.folds or data.hub")
+        if d.folds and d.test:
+            raise ConfigError("data.folds: cross-validation needs data.test: null (the folds are cut from train)")
 
     def folds(self) -> list[Any]:
         d = self.cfg.data
@@ -152,11 +164,14 @@ class TextTask(Task):
         if self._raw is None:
             from tasks.text.data import read_table
 
-            self.check_data()
+            self.check_splits()
             d = self.cfg.data
             if d.hub:
                 self._raw = self._hub_tables()
             else:
+                for split, path in self.files().items():
+                    if path is not None:
+                        require_path(path, f"data.{split} file")
                 self._raw = {
                     s: p and read_table(p, d.format, d.text_column, d.label_column) for s, p in self.files().items()
                 }
@@ -170,7 +185,8 @@ class TextTask(Task):
         try:
             hub = require("datasets").load_dataset(d.hub, d.hub_config, cache_dir=str(cache_dir("hf")))
         except Exception as exc:  # noqa: BLE001 - offline, unknown name, ...
-            raise DataError(f"data.hub '{d.hub}': cannot load ({str(exc).splitlines()[0][:200]})") from None
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise DataError(f"data.hub '{d.hub}': cannot load ({first[:200]})") from None
         pick = {"train": ("train",), "val": ("validation", "val", "dev"), "test": ("test",)}
         found = {s: next((n for n in names if n in hub), None) for s, names in pick.items()}
         if found["train"] is None:
