@@ -29,11 +29,34 @@ BENCH = Path(__file__).resolve().parent
 TITLES = {
     "train_throughput": "Training throughput: full Sabour CapsNet, capsule-kit vs. the seed's layers",
     "routing": "DigitCaps forward+backward: DenseCaps + dynamic routing vs. the seed (benchmarks/routing.py)",
+    "routing_bf16": "The same in bf16",
+    "routing_em": "DigitCaps-sized EM routing vs. a broadcasting reference",
+    "routing_attention": "DigitCaps-sized self-attention routing (Efficient-CapsNet) vs. a broadcasting reference",
+    "routing_malloc": "Dynamic routing again, with glibc told to keep freed memory (both sides)",
     "em_routing": "EM routing forward+backward vs. a per-output-capsule reference",
     "param_counts": "Parameters vs. number of classes, per transform-sharing mode",
 }
 
 STATIC = """
+## What limits the remaining gap
+
+- **Our dynamic routing vs. the memory-traffic floor.** The `--profile` listing under the
+  routing benchmark shows where our step goes: batched matrix products whose inner sizes are
+  tiny (D_i = 8 for the votes and their weight gradient, a single row for each routing
+  contraction). Each is one pass over the votes, as the floor assumes, but such small products
+  run well below the copy bandwidth, so the step stays several times above the floor. Closing
+  that needs a fused kernel (votes computed, routed and reduced in one pass, e.g. Triton on a
+  GPU), not more torch operations.
+- **Why the seed style is slow on CPU.** Much of its time is page faults: each of its ~1 GiB
+  broadcast temporaries is a fresh `mmap` that the kernel zero-fills on first touch. The
+  `routing_malloc` run shows the same comparison with `MALLOC_MMAP_THRESHOLD_` and
+  `MALLOC_TRIM_THRESHOLD_` raised so that glibc reuses freed blocks: the seed gets several times
+  faster there and the ratio shrinks accordingly, while ours barely changes (it never allocates
+  such blocks). The default-allocator figure is what a user gets; both are printed.
+- **bf16 on a CPU.** Without native bf16 matrix instructions (this EPYC has none), bf16 batched
+  products are emulated and our bf16 step is slower than our fp32 one (see `routing_bf16`):
+  `trainer.precision: bf16` is for GPUs (and CPUs with AMX/AVX512-BF16), not for this machine.
+
 ## Memory: votes within a budget
 
 `DenseCaps` never materialises more than a budget of votes ([B, N_i, N_o, D_o]) at
@@ -97,11 +120,16 @@ def commands(quick: bool, threads: int) -> dict[str, list[str]]:
     t = ["--threads", str(threads)]
     cmds = {
         "train_throughput": ["--steps", "3" if quick else "4", "--warmup", "1", "--rounds", "1" if quick else "2", *t],
-        "routing": ["--repeats", "3" if quick else "5", *t],
+        "routing": ["--repeats", "3" if quick else "5", "--sweep", "--profile", *t],
+        "routing_bf16": ["--dtype", "bf16", "--repeats", "3", *t],
+        "routing_em": ["--routing", "em", "--repeats", "3", "--sweep", *t],
+        "routing_attention": ["--routing", "attention", "--repeats", "3", "--sweep", *t],
+        "routing_malloc": ["--repeats", "3" if quick else "5", *t],
         "em_routing": ["--batch", "8" if quick else "16", "--repeats", "3" if quick else "5", "--warmup", "1", *t],
         "param_counts": [],
     }
-    return {name: [sys.executable, str(BENCH / f"{name}.py"), *args] for name, args in cmds.items()}
+    script = lambda name: "routing" if name.startswith("routing") else name  # noqa: E731  (routing_*: variants)
+    return {name: [sys.executable, str(BENCH / f"{script(name)}.py"), *args] for name, args in cmds.items()}
 
 
 def ratio_lines(stdout: str) -> list[str]:
@@ -111,9 +139,15 @@ def ratio_lines(stdout: str) -> list[str]:
     return [line for line in lines[(blanks[-1] + 1 if blanks else 0) :] if line.strip()]
 
 
+# glibc keeps freed blocks for reuse instead of returning them to the kernel (see "What limits the remaining gap")
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(4 << 30)}
+
+
 def run(name: str, argv: list[str], timeout: int) -> dict:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    extra = MALLOC_ENV if name == "routing_malloc" else {}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **extra}
     shown = "python " + shlex.join([str(Path(argv[1]).relative_to(REPO)), *argv[2:]])
+    shown = " ".join(f"{k}={v}" for k, v in extra.items()) + (" " if extra else "") + shown
     print(f"running {shown}", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     try:
