@@ -93,6 +93,8 @@ def write_report(run_dir: Path) -> Path:
                 "train examples/s": round(results.get("train_examples_per_s", 0.0), 1),
             }
         )
+        if results.get("test_weights") == "best":
+            summary["test weights"] = f"best on validation (epoch {results.get('best_epoch')})"
         summary.update({f"test {k}": v for k, v in labels(results.get("test", {})).items()})
         summary.update({f"test {k}": v for k, v in scalars(results.get("test", {})).items()})
         summary.update({f"test {k} (std)": v for k, v in scalars(results.get("test_std", {})).items()})

@@ -50,7 +50,8 @@ def plot_curves(metrics_path: Path, out: Path) -> Path | None:
 def plot_confusion(cm: Sequence[Sequence[int]], labels: Sequence[str], out: Path, title: str = "confusion") -> Path:
     """Confusion matrix heat map with counts (rows: true class, columns: predicted)."""
     n = len(labels)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * n, 0.8 + 0.5 * n))
+    side = max(3.2, 1.0 + 0.55 * n)  # a few classes still get cells wide enough for their counts
+    fig, ax = plt.subplots(figsize=(side + 0.6, side))
     ax.imshow(cm, cmap="Blues")
     ax.set_xticks(range(n), labels, rotation=45, ha="right")
     ax.set_yticks(range(n), labels)
