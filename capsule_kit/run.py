@@ -23,11 +23,12 @@ import torch
 from capsule_kit.checkpoint import atomic_write_text, load_checkpoint, set_rng_state
 from capsule_kit.config import Recipe, apply_overrides, dump_yaml, read_yaml, to_plain, validate
 from capsule_kit.distributed import DistInfo, barrier, broadcast, init_distributed, pick_device, shutdown
-from capsule_kit.engine import Interrupted, StopFlag, Trainer, evaluate, make_loader, unwrap
+from capsule_kit.engine import Trainer, evaluate, make_loader, unwrap
 from capsule_kit.errors import CheckpointError, ConfigError, UserError
 from capsule_kit.html import write_report
 from capsule_kit.metrics import scalars
 from capsule_kit.report import plot_curves
+from capsule_kit.stop import Interrupted, StopFlag
 from capsule_kit.task import Task, resolve_task
 
 
