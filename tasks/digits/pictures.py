@@ -27,7 +27,8 @@ def _grid(rows: list[Tensor], titles: list[str], out: Path, cmap: str | None = "
             if c < len(imgs):
                 ax.imshow(imgs[c].numpy(), cmap=cmap if imgs[c].dim() == 2 else None, vmin=0, vmax=1)
         axes[r][0].set_title(title, fontsize=7, loc="left")
-    fig.tight_layout(pad=0.2)
+    # fixed margins: tight_layout cannot fit the long row titles that run across the images
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.2 / fig.get_figheight(), hspace=0.3, wspace=0.05)
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
