@@ -67,43 +67,70 @@ class EMRouting(Routing):
             return self.lambda_end
         return self.lambda_start + (self.lambda_end - self.lambda_start) * it / (self.iterations - 1)
 
-    def m_step(self, votes: Tensor, assign: Tensor, a_in: Tensor, lam: float) -> tuple[Tensor, Tensor, Tensor]:
+    def m_step(
+        self, moments: tuple[Tensor, Tensor, Tensor], assign: Tensor, a_in: Tensor, lam: float
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Fit Gaussians and activations.
 
+        ``moments`` are ``(vc, vc2, center)``: the votes minus their mean over inputs,
+        its square, and that mean, laid out output-major. The mean and variance come
+        from two batched products with the coupling (first and second moments), so each
+        pass reads the votes once and no difference tensor is made; centring keeps the
+        ``E[v^2] - mu^2`` form free of cancellation for votes far from 0.
+
         Shapes:
-            votes: [B, N_i, N_o, D], assign: [B, N_i, N_o], a_in: [B, N_i]
-            returns: mu [B, N_o, D], var [B, N_o, D], logit [B, N_o]
+            vc, vc2: [B, N_o, N_i, D], center: [B, N_o, D], assign: [B, N_i, N_o], a_in: [B, N_i]
+            returns: mu [B, N_o, D], var [B, N_o, D], logit [B, N_o], shift [B, N_o, D] (= mu - center)
         """
-        weight = assign * a_in.unsqueeze(-1)  # [B, N_i, N_o]
-        mass = weight.sum(dim=1)  # [B, N_o]
-        coeff = weight / (mass.unsqueeze(1) + self.eps)  # [B, N_i, N_o]
-        mu = torch.einsum("bij,bijd->bjd", coeff, votes)
-        var = torch.einsum("bij,bijd->bjd", coeff, (votes - mu.unsqueeze(1)).pow(2)) + self.eps
-        share = votes.shape[1] / votes.shape[2]  # uniform assignment mass per parent
+        vc, vc2, center = moments
+        weight = assign.transpose(1, 2) * a_in.unsqueeze(1)  # [B, N_o, N_i]
+        mass = weight.sum(dim=-1)  # [B, N_o]
+        coeff = (weight / (mass.unsqueeze(-1) + self.eps)).unsqueeze(2)  # [B, N_o, 1, N_i]
+        total = (mass / (mass + self.eps)).unsqueeze(-1)  # sum_i coeff: 1 up to eps, [B, N_o, 1]
+        first = torch.matmul(coeff, vc).squeeze(2)  # [B, N_o, D]
+        second = torch.matmul(coeff, vc2).squeeze(2)
+        mu = first + total * center  # sum_i coeff_ij V_ij
+        shift = mu - center
+        # sum_i coeff (V - mu)^2 = sum_i coeff (vc - shift)^2, expanded
+        var = (second - 2 * shift * first + shift.pow(2) * total).clamp_min(0) + self.eps
+        share = vc.shape[2] / vc.shape[1]  # uniform assignment mass per parent
         cost = ((self.beta_u + 0.5 * torch.log(var)) * (mass / share).unsqueeze(-1)).sum(-1)  # [B, N_o]
         mean = cost.mean(dim=-1, keepdim=True)
         std = (cost - mean).pow(2).mean(dim=-1, keepdim=True).add(self.eps).sqrt()
         logit = lam * (self.beta_a - (cost - mean) / std)
-        return mu, var, logit
+        return mu, var, logit, shift
 
-    def e_step(self, votes: Tensor, mu: Tensor, var: Tensor, logit: Tensor) -> Tensor:
-        """New assignments from log-likelihoods.
+    def e_step(self, moments: tuple[Tensor, Tensor, Tensor], shift: Tensor, var: Tensor, logit: Tensor) -> Tensor:
+        """New assignments from log-likelihoods (the squared distance expanded into products).
 
         Shapes:
+            shift, var: [B, N_o, D], logit: [B, N_o]
             returns: assign [B, N_i, N_o]
         """
-        diff = votes - mu.unsqueeze(1)  # [B, N_i, N_o, D]
-        log_p = -0.5 * (diff.pow(2) / var.unsqueeze(1) + torch.log(2 * math.pi * var).unsqueeze(1)).sum(-1)
-        log_post = F.logsigmoid(logit).unsqueeze(1) + log_p  # [B, N_i, N_o]
+        vc, vc2, _ = moments
+        inv = var.reciprocal()
+        dist = (  # sum_d (vc - shift)^2 / var
+            torch.matmul(vc2, inv.unsqueeze(-1)).squeeze(-1)
+            - 2 * torch.matmul(vc, (shift * inv).unsqueeze(-1)).squeeze(-1)
+            + (shift.pow(2) * inv).sum(-1, keepdim=True)
+        ).clamp_min(0)
+        log_p = -0.5 * (dist + torch.log(2 * math.pi * var).sum(-1, keepdim=True))  # [B, N_o, N_i]
+        log_post = (F.logsigmoid(logit).unsqueeze(-1) + log_p).transpose(1, 2)  # [B, N_i, N_o]
+        # softmax over the last dim: for an inner dim CPU kernels vectorise by batch size (last-bit changes)
         return torch.softmax(log_post, dim=-1)
 
     def route(self, votes: Tensor, activations: Tensor | None) -> Routed:
         """Shapes: votes [B, N_i, N_o, 16], activations [B, N_i] -> poses [B, N_o, 16], activations [B, N_o]."""
         v = votes.to(torch.promote_types(votes.dtype, torch.float32))  # EM statistics in >= fp32 even under autocast
         a_in = v.new_ones(v.shape[:2]) if activations is None else activations.to(v.dtype)
-        assign = v.new_full(v.shape[:3], 1.0 / v.shape[2])
+        batch, n_in, n_out, _ = v.shape
+        v_out = v.transpose(1, 2).contiguous()  # output-major [B, N_o, N_i, D]: the products read it in order
+        center = v_out.mean(dim=2)  # [B, N_o, D]; one layout, so a sample's result never depends on its batch
+        vc = v_out - center.unsqueeze(2)
+        moments = (vc, vc.pow(2), center)
+        assign = v.new_full((batch, n_in, n_out), 1.0 / n_out)
         for it in range(self.iterations):
-            mu, var, logit = self.m_step(v, assign, a_in, self.inverse_temperature(it))
+            mu, var, logit, shift = self.m_step(moments, assign, a_in, self.inverse_temperature(it))
             if it < self.iterations - 1:
-                assign = self.e_step(v, mu, var, logit)
+                assign = self.e_step(moments, shift, var, logit)
         return Routed(mu.to(votes.dtype), torch.sigmoid(logit).to(votes.dtype), assign)
