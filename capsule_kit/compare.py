@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from capsule_kit.html import recorded_overrides
+from capsule_kit.html import read_json, recorded_overrides
 from capsule_kit.metrics import labels, scalars
 
 FIXED = ("run", "recipe", "task", "overrides", "params", "wall_s", "ex_per_s")
@@ -33,7 +33,7 @@ def expand(paths: list[str]) -> list[Path]:
 def row(run_dir: Path) -> dict:
     """One table row from a run's results.json and run.json."""
     res = json.loads((run_dir / "results.json").read_text())
-    env = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
+    env = read_json(run_dir / "run.json")
     out = {
         "run": run_dir.name,
         "recipe": res.get("name"),

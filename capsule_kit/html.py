@@ -32,7 +32,8 @@ def _fmt(v) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
-def _load_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
+    """A run directory's JSON file (run.json, results.json) as a dict; ``{}`` when it is not there yet."""
     return json.loads(path.read_text()) if path.exists() else {}
 
 
@@ -80,7 +81,7 @@ def _cells(row: list[str], tag: str) -> str:
 def write_report(run_dir: Path) -> Path:
     """(Re)write ``run_dir/report.html`` from the files in the run directory."""
     run_dir = Path(run_dir)
-    results, env = _load_json(run_dir / "results.json"), _load_json(run_dir / "run.json")
+    results, env = read_json(run_dir / "results.json"), read_json(run_dir / "run.json")
     recipe = (run_dir / "recipe.yaml").read_text() if (run_dir / "recipe.yaml").exists() else ""
     overrides = recorded_overrides(env)
     status = "finished" if results else "in progress (refreshed at each checkpoint)"

@@ -25,7 +25,7 @@ from capsule_kit.config import Recipe, apply_overrides, dump_yaml, read_yaml, to
 from capsule_kit.distributed import DistInfo, barrier, broadcast, init_distributed, pick_device, shutdown
 from capsule_kit.engine import Trainer, evaluate, make_loader, unwrap
 from capsule_kit.errors import CheckpointError, ConfigError, UserError
-from capsule_kit.html import write_report
+from capsule_kit.html import read_json, write_report
 from capsule_kit.metrics import scalars
 from capsule_kit.report import plot_curves
 from capsule_kit.stop import Interrupted, StopFlag
@@ -210,7 +210,7 @@ def train(
     run_dir = Path(resume) if resume else make_run_dir(cfg, info)
     if info.main:
         atomic_write_text(run_dir / "recipe.yaml", dump_yaml(cfg))
-        earlier = _load_run_json(run_dir).get("overrides", []) if resume else []
+        earlier = read_json(run_dir / "run.json").get("overrides", []) if resume else []
         env = environment(device, argv, [*earlier, *overrides])
         atomic_write_text(run_dir / "run.json", json.dumps(env, indent=2))
     ctx = {"cfg": cfg, "info": info, "device": device, "run_dir": run_dir, "fold_results": []}
@@ -259,11 +259,6 @@ def finish(task: Task, cfg: Recipe, trainer: Trainer, ctx: dict, wall: float) ->
     shown = "  ".join(f"{k} {v:.4f}" for k, v in scalars(results["test"]).items())
     print(f"test: {shown}\nrun: {run_dir}", file=sys.stderr)
     return results
-
-
-def _load_run_json(run_dir: Path) -> dict:
-    path = Path(run_dir) / "run.json"
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def environment(device: torch.device, argv: list[str] | None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
