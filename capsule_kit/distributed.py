@@ -27,17 +27,31 @@ class DistInfo:
         return self.rank == 0
 
 
-def pick_device(name: str, info: DistInfo) -> torch.device:
-    """``auto`` -> CUDA (this process's local GPU) when present, else CPU."""
+def pick_device(name: str, info: DistInfo, key: str = "trainer.device") -> torch.device:
+    """``name`` as a device this machine has (``auto``: this process's GPU when present, else CPU).
+
+    Raises:
+        ConfigError: one line naming ``key`` for a name torch does not know, ``meta``, or a device
+            this machine lacks (``cuda`` without CUDA, ``cuda:9`` with one GPU, ``mps`` off a Mac).
+    """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"trainer.device: '{name}' requested but no CUDA device is available (use auto or cpu)")
-        if info.world > 1 and name == "cuda":
-            name = f"cuda:{info.local_rank}"
-        torch.cuda.set_device(torch.device(name))
-    return torch.device(name)
+    if info.world > 1 and name == "cuda":
+        name = f"cuda:{info.local_rank}"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"{key} '{name}': not a torch device (cpu, cuda, cuda:N, mps, auto)") from None
+    if device.type == "meta":
+        raise ConfigError(f"{key} 'meta': holds no data; use cpu, cuda or mps")
+    try:
+        torch.zeros(1, device=device)  # a device torch knows but this machine lacks fails here
+    except (RuntimeError, AssertionError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"{key} '{name}': not available here ({first[:120]}); use auto or cpu") from None
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
 
 
 def init_distributed(device_name: str) -> DistInfo:

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from capsule_kit.checkpoint import load_checkpoint
 from capsule_kit.config import validate
+from capsule_kit.distributed import DistInfo, pick_device
 from capsule_kit.errors import CheckpointError, DataError, UserError
 
 
@@ -67,24 +68,6 @@ def checkpoint_path(path: str | Path) -> Path:
         except (ValueError, AttributeError):
             raise CheckpointError(f"{p / 'results.json'}: not a results file (cannot tell best from last)") from None
     return p / "checkpoints" / ("best.pt" if which == "best" else "last.pt")
-
-
-def pick_device(name: str) -> torch.device:
-    """``--device`` as a usable torch device (``auto``: CUDA when present)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device '{name}': not a torch device (cpu, cuda, cuda:N, mps, auto)") from None
-    try:
-        torch.zeros(1, device=device)  # a device torch knows but this machine lacks fails here
-    except (RuntimeError, AssertionError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"--device '{name}': not available here ({first[:120]}); try --device cpu") from None
-    if device.type == "meta":
-        raise UserError("--device 'meta': holds no data; use cpu, cuda or mps")
-    return device
 
 
 def load_predictor(path: str | Path, device: torch.device) -> tuple[nn.Module, object]:
@@ -133,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     args = p.parse_args(argv)
     try:
-        device = pick_device(args.device)
+        device = pick_device(args.device, DistInfo(), key="--device")
         model, cfg = load_predictor(args.checkpoint, device)
         texts = read_lines(args.input)
         lengths = predict_lengths(model, texts, device, args.batch_size)
