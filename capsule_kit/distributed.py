@@ -30,28 +30,46 @@ class DistInfo:
 def pick_device(name: str, info: DistInfo, key: str = "trainer.device") -> torch.device:
     """``name`` as a device this machine has (``auto``: this process's GPU when present, else CPU).
 
+    A CUDA device always comes back with an index (``cuda`` -> ``cuda:<local rank>`` under
+    torchrun, else the current device), because ``torch.cuda.set_device`` and DDP's
+    ``device_ids`` need one.
+
     Raises:
         ConfigError: one line naming ``key`` for a name torch does not know, ``meta``, or a device
             this machine lacks (``cuda`` without CUDA, ``cuda:9`` with one GPU, ``mps`` off a Mac).
     """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if info.world > 1 and name == "cuda":
-        name = f"cuda:{info.local_rank}"
     try:
         device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"{key} '{name}': not a torch device (cpu, cuda, cuda:N, mps, auto)") from None
     if device.type == "meta":
         raise ConfigError(f"{key} 'meta': holds no data; use cpu, cuda or mps")
-    try:
-        torch.zeros(1, device=device)  # a device torch knows but this machine lacks fails here
-    except (RuntimeError, AssertionError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ConfigError(f"{key} '{name}': not available here ({first[:120]}); use auto or cpu") from None
+    missing = _missing(device)
+    if missing:
+        raise ConfigError(f"{key} '{name}': not available here ({missing[:120]}); use auto or cpu")
     if device.type == "cuda":
+        if device.index is None:
+            device = torch.device("cuda", info.local_rank if info.world > 1 else torch.cuda.current_device())
         torch.cuda.set_device(device)
     return device
+
+
+def _missing(device: torch.device) -> str:
+    """Why this machine lacks ``device`` ('' when it has it)."""
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            return "torch finds no CUDA device"
+        if device.index is not None and device.index >= count:
+            return f"this machine has {count} CUDA device(s)"
+        return ""
+    try:
+        torch.zeros(1, device=device)  # other kinds (mps, xpu, ...): a device torch knows but this machine lacks
+    except (RuntimeError, AssertionError) as exc:
+        return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return ""
 
 
 def init_distributed(device_name: str) -> DistInfo:
@@ -64,6 +82,15 @@ def init_distributed(device_name: str) -> DistInfo:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     return info
+
+
+def setup_device(device: str, threads: int | None = None) -> tuple[DistInfo, torch.device]:
+    """The runner's device set-up: join torchrun's group (if any), pick the device, set CPU threads."""
+    info = init_distributed(device)
+    picked = pick_device(device, info)
+    if threads:
+        torch.set_num_threads(threads)
+    return info, picked
 
 
 def broadcast(obj: Any, info: DistInfo) -> Any:

@@ -22,7 +22,7 @@ import torch
 
 from capsule_kit.checkpoint import atomic_write_text, load_checkpoint, set_rng_state
 from capsule_kit.config import Recipe, apply_overrides, dump_yaml, read_yaml, to_plain, validate
-from capsule_kit.distributed import DistInfo, barrier, broadcast, init_distributed, pick_device, shutdown
+from capsule_kit.distributed import DistInfo, barrier, broadcast, pick_device, setup_device, shutdown
 from capsule_kit.engine import Trainer, evaluate, make_loader, unwrap
 from capsule_kit.errors import CheckpointError, ConfigError, UserError
 from capsule_kit.html import read_json, write_report
@@ -200,10 +200,7 @@ def train(
     on ``resume`` they are added to the run's earlier ones.
     """
     task_cls = task_cls or resolve_task(cfg.task)
-    info = init_distributed(cfg.trainer.device)
-    device = pick_device(cfg.trainer.device, info)
-    if cfg.trainer.threads:
-        torch.set_num_threads(cfg.trainer.threads)
+    info, device = setup_device(cfg.trainer.device, cfg.trainer.threads)
     task = task_cls(cfg)
     task.check_data()  # before a run directory exists: a missing dataset leaves nothing behind
     ckpt = load_checkpoint(Path(resume) / "checkpoints" / "last.pt") if resume else None
@@ -282,6 +279,8 @@ def eval_checkpoint(
     ckpt = load_checkpoint(path)
     info = DistInfo()
     device = pick_device(cfg.trainer.device, info)
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
     task = task_cls(cfg)
     folds = task.folds()
     splits = task.build_data(folds[min(int(ckpt.get("fold", 0)), len(folds) - 1)])
