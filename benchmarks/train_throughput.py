@@ -1,6 +1,6 @@
 """Training throughput of the full Sabour CapsNet: capsule-kit against the seed's layers.
 
-Both variants train on the same real MNIST batches (tasks.digits.data.load_mnist,
+Both variants train on the same real MNIST batches (capsule_kit_tasks.digits.data.load_mnist,
 scaled to [0, 1], random shifts of up to 2 px as in recipes/mnist.yaml), with
 Adam (lr 1e-3) and the same loss (margin + 0.0005 x summed squared reconstruction
 error), batch 100 by default:
@@ -49,7 +49,7 @@ sys.path.insert(0, str(REPO))
 
 from capsule_kit.losses import margin_loss, reconstruction_loss  # noqa: E402
 from capsule_kit.run import load_recipe  # noqa: E402
-from tasks.digits.data import load_mnist, random_shift  # noqa: E402
+from capsule_kit_tasks.digits.data import load_mnist, random_shift  # noqa: E402
 
 
 def default_threads() -> int:

@@ -2,8 +2,9 @@
 
 A task is found by registered name (``@register_task("digits")``), by a
 ``package.module:Class`` path in the recipe, or through the ``capsule_kit.tasks``
-entry-point group of an installed package. The engine knows nothing else about
-a domain.
+entry-point group of an installed package. The built-in domains are found that
+way too (capsule-kit's own entry points), so the core holds no list of domains.
+The engine knows nothing else about a domain.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ from capsule_kit.config import Recipe
 from capsule_kit.data import Splits
 from capsule_kit.errors import ConfigError
 from capsule_kit.registry import TASKS, RegistryError
-
-BUILTIN_TASKS = ("tasks.digits", "tasks.text", "tasks.graphs", "tasks.points")
 
 
 class Task:
@@ -93,31 +92,41 @@ def register_task(name: str, *, aliases: tuple[str, ...] = ()):
     return deco
 
 
-def _import_builtin_tasks() -> None:
-    for module in BUILTIN_TASKS:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:  # the domain package itself is absent (not installed)
-            if exc.name not in ("tasks", module):
-                raise
-
-
 def _load_entry_point(name: str) -> None:
     """Register the task that an installed package offers as ``name`` (entry point group ``capsule_kit.tasks``).
 
-    Only that plugin is imported, so a broken plugin of another name cannot get in the way.
+    Only the plugin of that name is imported, so a broken plugin of another name cannot get in
+    the way. A name no entry point carries may be an alias a plugin registers: then every plugin
+    is imported, and those that fail are skipped (the unknown-task error lists what loaded).
     """
-    for ep in metadata.entry_points(group="capsule_kit.tasks"):
-        if ep.name != name or name in TASKS:
+    points = list(metadata.entry_points(group="capsule_kit.tasks"))
+    named = [ep for ep in points if ep.name == name]
+    for ep in named or points:
+        if ep.name in TASKS:
             continue
         try:
             obj = ep.load()
         except Exception as exc:  # a third-party plugin: any import failure is reported in one line
+            if not named:
+                continue
             why = f"{type(exc).__name__}: {exc}"
             raise ConfigError(f"task '{name}': plugin {ep.value} failed to import ({why})") from None
         if not (isinstance(obj, type) and issubclass(obj, Task)):
+            if not named:
+                continue
             raise ConfigError(f"task '{name}': plugin {ep.value} is not a capsule_kit Task subclass")
-        TASKS.register(name)(obj)
+        if ep.name not in TASKS:
+            TASKS.register(ep.name)(obj)
+
+
+def load_plugins() -> list[str]:
+    """Import every installed task plugin (built-in domains included); returns the registered task names.
+
+    For listings (``--help``, generated docs): a plugin that fails to import is skipped here and
+    reported in one line when a recipe names it.
+    """
+    _load_entry_point("")  # no entry point has the empty name: every plugin is tried
+    return TASKS.names()
 
 
 def _from_path(spec: str) -> type[Task]:
@@ -137,7 +146,6 @@ def resolve_task(spec: str) -> type[Task]:
     if ":" in spec:
         return _from_path(spec)
     if spec not in TASKS:
-        _import_builtin_tasks()
         _load_entry_point(spec)
     try:
         return TASKS.get(spec)

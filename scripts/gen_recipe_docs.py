@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from capsule_kit.config import Recipe
 from capsule_kit.registry import TASKS
-from capsule_kit.task import _import_builtin_tasks
+from capsule_kit.task import load_plugins
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "recipes.md"
 HEADER = """# Recipe reference
@@ -49,7 +49,7 @@ def table(model: type[BaseModel], prefix: str = "", skip: tuple[str, ...] = ()) 
 
 
 def render() -> str:
-    _import_builtin_tasks()
+    load_plugins()
     parts = [HEADER, "## Shared keys (every task)\n", table(Recipe)]
     for name in TASKS.names():
         cls = TASKS.get(name)

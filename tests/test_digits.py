@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from capsule_kit.errors import DataError
-from tasks.digits.data import load_mnist, multimnist, multimnist_test_set, random_shift, read_idx
-from tasks.digits.task import DigitsTask
+from capsule_kit_tasks.digits.data import load_mnist, multimnist, multimnist_test_set, random_shift, read_idx
+from capsule_kit_tasks.digits.task import DigitsTask
 from tests.helpers import only_run_dir, results, run_cli
 
 

@@ -17,10 +17,10 @@ pytest.importorskip("sklearn")
 from capsule_kit.config import validate  # noqa: E402
 from capsule_kit.errors import ConfigError, DataError  # noqa: E402
 from capsule_kit.routing import DynamicRouting  # noqa: E402
-from tasks.graphs.data import collate, load_graphs, split_indices  # noqa: E402
-from tasks.graphs.model import CapsGNN, NodeAttention  # noqa: E402
-from tasks.graphs.routing import scatter_route  # noqa: E402
-from tasks.graphs.task import GraphTask, balanced_recon_loss  # noqa: E402
+from capsule_kit_tasks.graphs.data import collate, load_graphs, split_indices  # noqa: E402
+from capsule_kit_tasks.graphs.model import CapsGNN, NodeAttention  # noqa: E402
+from capsule_kit_tasks.graphs.routing import scatter_route  # noqa: E402
+from capsule_kit_tasks.graphs.task import GraphTask, balanced_recon_loss  # noqa: E402
 from tests.conftest import REPO, data_path  # noqa: E402
 
 MUTAG = data_path("graphs", "TU", "MUTAG", "raw")
@@ -252,7 +252,7 @@ def test_task_imports_without_pyg_and_names_the_extra():
         "import sys; sys.modules['torch_geometric'] = None; sys.modules['sklearn'] = None\n"
         "from capsule_kit.config import validate\n"
         "from capsule_kit.errors import UserError\n"
-        "from tasks.graphs import GraphTask\n"
+        "from capsule_kit_tasks.graphs import GraphTask\n"
         "task = GraphTask(validate(GraphTask.Config, {'task': 'graphs'}, 'x'))\n"
         "try:\n    task.build_model()\nexcept UserError as exc:\n    print(exc)\n"
     )

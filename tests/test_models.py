@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import cuda
 
 from capsule_kit import MODELS, CapsNet, EfficientCapsNet, margin_loss, reconstruction_loss
 from capsule_kit.models import build
+from conftest import cuda
 
 
 def n_params(model: torch.nn.Module) -> int:

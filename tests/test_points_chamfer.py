@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tasks.points.chamfer import chamfer_distance, chamfer_terms, nearest_indices
+from capsule_kit_tasks.points.chamfer import chamfer_distance, chamfer_terms, nearest_indices
 
 
 def brute_force(x, y):

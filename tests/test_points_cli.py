@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from capsule_kit import run
-from tasks.points.pictures import capsule_colors
-from tasks.points.render import open3d_renderer
+from capsule_kit_tasks.points.pictures import capsule_colors
+from capsule_kit_tasks.points.render import open3d_renderer
 from tests.helpers import REPO, only_run_dir, results, run_cli
 
 TINY = str(REPO / "recipes" / "points_tiny.yaml")

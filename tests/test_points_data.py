@@ -7,13 +7,13 @@ import struct
 import numpy as np
 import pytest
 import torch
-from conftest import data_path
 
 from capsule_kit.errors import DataError, UserError
-from tasks.points import io
-from tasks.points.data import PointSet, detect_layout, discover, load_folder, rotate_up
-from tasks.points.synthetic import CLASSES, synthetic_set
-from tasks.points.task import DataConfig, PointsConfig, PointsTask
+from capsule_kit_tasks.points import io
+from capsule_kit_tasks.points.data import PointSet, detect_layout, discover, load_folder, rotate_up
+from capsule_kit_tasks.points.synthetic import CLASSES, synthetic_set
+from capsule_kit_tasks.points.task import DataConfig, PointsConfig, PointsTask
+from conftest import data_path
 
 PCD_DIR = data_path("points", "ModelNet10_pcd1024")
 BUNNY = data_path("points", "meshes", "stanford_bunny.ply")
@@ -203,7 +203,7 @@ def test_cache_is_reused_and_invalidated(tmp_path, cache_env, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("read a file although the cache is valid")
 
-    monkeypatch.setattr("tasks.points.data.load_points", boom)
+    monkeypatch.setattr("capsule_kit_tasks.points.data.load_points", boom)
     again = load_folder(tmp_path / "data", d)
     np.testing.assert_array_equal(again.points, first.points)
     (tmp_path / "data" / "cube" / "0.xyz").write_text("0 0 0\n1 1 1\n2 2 2\n3 3 3\n4 4 4\n5 5 5\n6 6 6\n7 7 7\n")

@@ -7,8 +7,8 @@ import torch
 from torch.nn import functional as F
 
 from capsule_kit.functional import squash
-from tasks.points.model import CapsDecoder, PointCapsNet, PrimaryPointCaps, part_spread, transform_params
-from tasks.points.transfer import svm_transfer
+from capsule_kit_tasks.points.model import CapsDecoder, PointCapsNet, PrimaryPointCaps, part_spread, transform_params
+from capsule_kit_tasks.points.transfer import svm_transfer
 
 TINY = dict(primary_caps=32, primary_dim=4, latent_caps=8, latent_dim=6, out_points=64, feature_channels=(8, 16))
 
@@ -70,7 +70,7 @@ def test_primary_caps_are_parallel_convs_max_pooled_then_squashed():
 def test_train_step_reaches_every_parameter():
     torch.manual_seed(0)
     model = PointCapsNet(**TINY, shared="positions", share_groups=4)
-    from tasks.points.chamfer import chamfer_distance
+    from capsule_kit_tasks.points.chamfer import chamfer_distance
 
     x = torch.rand(4, 40, 3) * 2 - 1
     chamfer_distance(model(x).points, x).mean().backward()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.points import render
-from tasks.points.io import open3d_or_reason
+from capsule_kit_tasks.points import render
+from capsule_kit_tasks.points.io import open3d_or_reason
 
 PTS = np.random.default_rng(0).uniform(-1, 1, (64, 3))
 PANELS = [(PTS, np.full((64, 3), 0.35), "input: 0_chair"), (PTS * 0.5, np.tile([1.0, 0.0, 0.0], (64, 1)), "recon")]

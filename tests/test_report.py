@@ -78,7 +78,7 @@ def test_compare_with_nothing_to_compare(tmp_path, capsys):
 def test_report_is_refreshed_at_each_checkpoint(tmp_path, monkeypatch):
     import signal
 
-    from tasks.digits.task import DigitsTask
+    from capsule_kit_tasks.digits.task import DigitsTask
 
     original, calls = DigitsTask.step, {"n": 0}
 

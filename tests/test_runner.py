@@ -146,7 +146,7 @@ def test_resume_after_epoch_equals_uninterrupted(tmp_path):
 
 def test_signal_mid_epoch_saves_and_resumes_exactly(tmp_path, monkeypatch):
     full = train_tiny(tmp_path / "a", "trainer.epochs=2")
-    from tasks.digits.task import DigitsTask
+    from capsule_kit_tasks.digits.task import DigitsTask
 
     original, calls = DigitsTask.step, {"n": 0}
 

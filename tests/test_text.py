@@ -13,9 +13,9 @@ pytest.importorskip("datasets")
 from capsule_kit.config import validate  # noqa: E402
 from capsule_kit.errors import ConfigError, DataError  # noqa: E402
 from capsule_kit.layers import DenseCaps  # noqa: E402
-from tasks.text.data import build_tokenizer, load_vectors  # noqa: E402
-from tasks.text.model import SequenceConvCaps, TextCapsNet, build_text_model, decode_meta  # noqa: E402
-from tasks.text.task import ModelConfig, TextConfig, TextTask  # noqa: E402
+from capsule_kit_tasks.text.data import build_tokenizer, load_vectors  # noqa: E402
+from capsule_kit_tasks.text.model import SequenceConvCaps, TextCapsNet, build_text_model, decode_meta  # noqa: E402
+from capsule_kit_tasks.text.task import ModelConfig, TextConfig, TextTask  # noqa: E402
 
 TINY = {
     "embed_dim": 8,
@@ -313,7 +313,7 @@ def tiny_bert(tmp_path):
 
 
 def test_pretrained_front_end_cache_is_exact_and_frozen(tiny_bert):
-    from tasks.text.frontends import PretrainedEmbedder
+    from capsule_kit_tasks.text.frontends import PretrainedEmbedder
 
     front = PretrainedEmbedder(str(tiny_bert), max_len=12, finetune_layers=0).train()
     assert not front.encoder.training and not any(p.requires_grad for p in front.parameters())

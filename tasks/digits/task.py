@@ -19,9 +19,9 @@ from capsule_kit.layers import mask_capsules
 from capsule_kit.losses import margin_loss, reconstruction_loss, spread_loss, spread_margin
 from capsule_kit.metrics import classification_metrics
 from capsule_kit.task import Task, register_task
-from tasks.digits.data import load_mnist, mnist_dir, multimnist, multimnist_test_set, random_shift
-from tasks.digits.model import ModelConfig, build_digits_model
-from tasks.digits.pictures import digits_pictures
+from capsule_kit_tasks.digits.data import load_mnist, mnist_dir, multimnist, multimnist_test_set, random_shift
+from capsule_kit_tasks.digits.model import ModelConfig, build_digits_model
+from capsule_kit_tasks.digits.pictures import digits_pictures
 
 
 class DataConfig(Strict):

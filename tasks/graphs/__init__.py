@@ -4,6 +4,6 @@ Importing this package registers the ``graphs`` task; PyG and scikit-learn are
 imported only when data or a model is built (extra ``graph``).
 """
 
-from tasks.graphs.task import GraphConfig, GraphTask
+from capsule_kit_tasks.graphs.task import GraphConfig, GraphTask
 
 __all__ = ["GraphConfig", "GraphTask"]

@@ -23,7 +23,7 @@ from torch_geometric.datasets import TUDataset
 from torch_geometric.utils import degree
 
 from capsule_kit.errors import ConfigError
-from tasks.graphs.tu import cached_root
+from capsule_kit_tasks.graphs.tu import cached_root
 
 
 @dataclass
@@ -83,7 +83,7 @@ def load_graphs(root: Path, name: str, *, node_attributes: bool = True, max_degr
     """Read a TU data set (raw files checked, processed in the writable cache) and build features.
 
     Raises:
-        DataError: missing or inconsistent raw files (see :mod:`tasks.graphs.tu`).
+        DataError: missing or inconsistent raw files (see :mod:`capsule_kit_tasks.graphs.tu`).
 
     """
     ds = TUDataset(root=str(cached_root(root, name)), name=name, use_node_attr=True)

@@ -3,7 +3,7 @@
 GCN layers -> node capsules (one per node and channel, the L layer outputs as
 its L entries) -> attention (per node and channel, normalised over the graph's
 nodes) -> graph capsules (dynamic routing over the variable number of node
-capsules, :func:`tasks.graphs.routing.scatter_route`) -> class capsules
+capsules, :func:`capsule_kit_tasks.graphs.routing.scatter_route`) -> class capsules
 (:class:`capsule_kit.layers.DenseCaps`, fixed P inputs) -> margin loss on
 lengths + reconstruction of the graph's node-label histogram from the masked
 class capsules (:class:`capsule_kit.layers.CapsuleDecoder`).
@@ -26,7 +26,7 @@ from torch_geometric.utils import softmax as node_softmax
 
 from capsule_kit.layers import CapsuleDecoder, DenseCaps, mask_capsules
 from capsule_kit.models import CapsOutput
-from tasks.graphs.routing import scatter_route
+from capsule_kit_tasks.graphs.routing import scatter_route
 
 
 class NodeCapsules(nn.Module):

@@ -100,7 +100,7 @@ def _pyg():
         import sklearn  # noqa: F401
         import torch_geometric  # noqa: F401
 
-        from tasks.graphs import data, model
+        from capsule_kit_tasks.graphs import data, model
     except ImportError as exc:
         raise UserError(f"the graphs task needs {exc.name}: pip install 'capsule-kit[graph]'") from None
     return data, model
@@ -140,7 +140,7 @@ class GraphTask(Task):
         return data_root(self.cfg.data.root)
 
     def check_data(self) -> None:
-        from tasks.graphs.tu import check_raw  # numpy + core only
+        from capsule_kit_tasks.graphs.tu import check_raw  # numpy + core only
 
         check_raw(self._root(), self.cfg.data.name)
 
@@ -221,7 +221,7 @@ class GraphTask(Task):
 
     def summarize_folds(self, fold_results: list[dict], run_dir: Path) -> dict[str, Any]:
         """Box plot + per-fold bars of the test accuracy; returns the per-fold accuracies."""
-        from tasks.graphs.plots import plot_folds
+        from capsule_kit_tasks.graphs.plots import plot_folds
 
         accs = [float(r.get("accuracy", r.get("test_accuracy", float("nan")))) for r in fold_results]
         path = plot_folds(accs, Path(run_dir) / "cv_accuracy.png", title=f"CapsGNN on {self.cfg.data.name}")

@@ -4,6 +4,6 @@ Importing this package registers the ``points`` task; open3d and scikit-learn ar
 imported only when files are read or the SVM is trained (extra ``points``).
 """
 
-from tasks.points.task import PointsConfig, PointsTask
+from capsule_kit_tasks.points.task import PointsConfig, PointsTask
 
 __all__ = ["PointsConfig", "PointsTask"]

@@ -38,8 +38,8 @@ from torch.utils.data import Dataset
 
 from capsule_kit.data import cache_dir, subset_indices
 from capsule_kit.errors import DataError
-from tasks.points.io import EXTS, load_points, normalize
-from tasks.points.synthetic import synthetic_set
+from capsule_kit_tasks.points.io import EXTS, load_points, normalize
+from capsule_kit_tasks.points.synthetic import synthetic_set
 
 CACHE_VERSION = 1
 SYNTHETIC = "SYNTHETIC procedural shapes (not real data)"

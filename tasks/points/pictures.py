@@ -24,12 +24,12 @@ from torch import nn
 
 from capsule_kit.data import Splits
 from capsule_kit.report import plot_confusion
-from tasks.points.chamfer import chamfer_distance
-from tasks.points.data import CloudDataset
-from tasks.points.io import write_ply
-from tasks.points.model import PointCapsNet, transform_params
-from tasks.points.render import render_panels
-from tasks.points.transfer import extract_latent, svm_transfer
+from capsule_kit_tasks.points.chamfer import chamfer_distance
+from capsule_kit_tasks.points.data import CloudDataset
+from capsule_kit_tasks.points.io import write_ply
+from capsule_kit_tasks.points.model import PointCapsNet, transform_params
+from capsule_kit_tasks.points.render import render_panels
+from capsule_kit_tasks.points.transfer import extract_latent, svm_transfer
 
 
 def capsule_colors(num_caps: int) -> np.ndarray:

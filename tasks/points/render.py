@@ -22,7 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tasks.points.io import open3d_or_reason  # noqa: E402
+from capsule_kit_tasks.points.io import open3d_or_reason  # noqa: E402
 
 PROBE_TIMEOUT_S = 30
 PROBE = (

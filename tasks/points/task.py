@@ -17,9 +17,9 @@ from capsule_kit.config import Recipe, Strict
 from capsule_kit.data import Splits, data_root, require_path
 from capsule_kit.errors import DataError, UserError
 from capsule_kit.task import Task, register_task
-from tasks.points.chamfer import chamfer_distance
-from tasks.points.data import SYNTHETIC, CloudDataset, PointSet, load_folder, load_synthetic
-from tasks.points.model import PointCapsNet, part_spread
+from capsule_kit_tasks.points.chamfer import chamfer_distance
+from capsule_kit_tasks.points.data import SYNTHETIC, CloudDataset, PointSet, load_folder, load_synthetic
+from capsule_kit_tasks.points.model import PointCapsNet, part_spread
 
 
 class DataConfig(Strict):
@@ -121,7 +121,7 @@ class PointsTask(Task):
 
     def check_data(self) -> None:
         if self.cfg.transfer.svm:
-            from tasks.points.transfer import require_sklearn
+            from capsule_kit_tasks.points.transfer import require_sklearn
 
             require_sklearn()
         if not self.use_synthetic():
@@ -193,6 +193,6 @@ class PointsTask(Task):
                 "part_spread": float(spread.mean()), "data_kind": kind}  # fmt: skip
 
     def pictures(self, model: nn.Module, data: Splits, run_dir: Path, device: Any) -> dict[str, Any]:
-        from tasks.points.pictures import points_pictures
+        from capsule_kit_tasks.points.pictures import points_pictures
 
         return points_pictures(self, model, data, run_dir, device)

@@ -1,5 +1,5 @@
 """Text: capsule sentence classification (Zhao et al., EMNLP 2018), Capsule-A/B, learned or pretrained front end."""
 
-from tasks.text.task import TextTask
+from capsule_kit_tasks.text.task import TextTask
 
 __all__ = ["TextTask"]

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from capsule_kit.data import cache_dir, require_path
 from capsule_kit.errors import DataError
-from tasks.text.frontends import PAD, UNK, require
+from capsule_kit_tasks.text.frontends import PAD, UNK, require
 
 FORMATS = {".tsv": "tsv", ".tab": "tsv", ".csv": "csv", ".json": "json", ".jsonl": "json"}
 

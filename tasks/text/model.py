@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from capsule_kit.functional import safe_norm, squash
 from capsule_kit.layers import DenseCaps
-from tasks.text.frontends import PretrainedEmbedder, WordEmbedder
+from capsule_kit_tasks.text.frontends import PretrainedEmbedder, WordEmbedder
 
 
 class TextCapsOutput(NamedTuple):
@@ -258,7 +258,7 @@ def build_text_model(
     """Build Capsule-A or Capsule-B from the recipe's ``model`` section.
 
     Args:
-        cfg: The ``model`` section (:class:`tasks.text.task.ModelConfig`).
+        cfg: The ``model`` section (:class:`capsule_kit_tasks.text.task.ModelConfig`).
         labels: Class names.
         max_len: Longest token sequence.
         tokenizer_json: Word-level tokenizer (``embedding: learned``).

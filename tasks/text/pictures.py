@@ -16,7 +16,7 @@ from capsule_kit.checkpoint import atomic_write_text
 from capsule_kit.data import Splits
 from capsule_kit.metrics import classification_metrics
 from capsule_kit.report import plot_confusion
-from tasks.text.predict import label_of, lengths_text, predict_lengths, target_of
+from capsule_kit_tasks.text.predict import label_of, lengths_text, predict_lengths, target_of
 
 
 def text_pictures(task: Any, model: nn.Module, data: Splits, run_dir: Path, device: Any) -> dict[str, Any]:

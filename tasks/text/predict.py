@@ -1,6 +1,6 @@
 """Classify sentences with a trained text capsule network.
 
-    python -m tasks.text.predict RUN_DIR_or_CKPT [FILE|-] [--device cpu] [--batch-size 64]
+    python -m capsule_kit_tasks.text.predict RUN_DIR_or_CKPT [FILE|-] [--device cpu] [--batch-size 64]
 
 Reads one sentence per line from FILE (or stdin for ``-``/no argument), skips
 blank lines, and prints ``label<TAB>capsule lengths<TAB>sentence`` per sentence.
@@ -72,15 +72,15 @@ def checkpoint_path(path: str | Path) -> Path:
 
 def load_predictor(path: str | Path, device: torch.device) -> tuple[nn.Module, object]:
     """Model (weights, tokenizer and labels from the checkpoint) and its validated recipe."""
-    from tasks.text.model import build_text_model, decode_meta
-    from tasks.text.task import TextConfig
+    from capsule_kit_tasks.text.model import build_text_model, decode_meta
+    from capsule_kit_tasks.text.task import TextConfig
 
     path = checkpoint_path(path)
     ckpt = load_checkpoint(path)
     raw, state = ckpt.get("config"), ckpt.get("model")
     if not isinstance(raw, dict) or not isinstance(state, dict) or "meta" not in state:
         raise CheckpointError(f"{path}: not a text-task checkpoint (no recipe or no model meta)")
-    if raw.get("task") not in ("text", "text_cls", "tasks.text.task:TextTask"):
+    if raw.get("task") not in ("text", "text_cls", "capsule_kit_tasks.text.task:TextTask"):
         raise CheckpointError(f"{path}: checkpoint of task '{raw.get('task')}', not 'text'")
     cfg = validate(TextConfig, raw, f"{path} (stored recipe)")
     meta = decode_meta(state["meta"])
@@ -109,7 +109,7 @@ def read_lines(source: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tasks.text.predict", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m capsule_kit_tasks.text.predict", description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", help="run directory or checkpoint file")
     p.add_argument("input", nargs="?", default="-", help="file with one sentence per line, or - for stdin")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps or auto")

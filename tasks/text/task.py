@@ -136,7 +136,7 @@ class TextTask(Task):
 
     def check_data(self) -> None:
         """Read and check the data files (small; cached for build_data), so bad files stop before a run folder."""
-        from tasks.text.data import encode_labels, label_vocab
+        from capsule_kit_tasks.text.data import encode_labels, label_vocab
 
         self.check_splits()
         if self.cfg.data.hub:
@@ -162,7 +162,7 @@ class TextTask(Task):
     def raw_tables(self) -> dict[str, Any]:
         """The train/val/test tables as read (cached; test/val may be None)."""
         if self._raw is None:
-            from tasks.text.data import read_table
+            from capsule_kit_tasks.text.data import read_table
 
             self.check_splits()
             d = self.cfg.data
@@ -178,8 +178,8 @@ class TextTask(Task):
         return self._raw
 
     def _hub_tables(self) -> dict[str, Any]:
-        from tasks.text.data import table_from_rows
-        from tasks.text.frontends import require
+        from capsule_kit_tasks.text.data import table_from_rows
+        from capsule_kit_tasks.text.frontends import require
 
         d = self.cfg.data
         try:
@@ -198,7 +198,7 @@ class TextTask(Task):
 
     def split_tables(self, fold: Any) -> dict[str, Any]:
         """Train/val/test tables for one fold: hold-outs and folds are cut from train with a seed."""
-        from tasks.text.data import split_rows
+        from capsule_kit_tasks.text.data import split_rows
 
         d, raw = self.cfg.data, self.raw_tables()
         train, val, test = raw["train"], raw["val"], raw["test"]
@@ -217,7 +217,7 @@ class TextTask(Task):
         return {"train": train, "val": val, "test": test}
 
     def build_data(self, fold: Any = None) -> Splits:
-        from tasks.text.data import TextExamples, build_tokenizer, collate, encode_labels, label_vocab
+        from capsule_kit_tasks.text.data import TextExamples, build_tokenizer, collate, encode_labels, label_vocab
 
         d = self.cfg.data
         tables = self.split_tables(fold)
@@ -257,8 +257,8 @@ class TextTask(Task):
 
     # -- model --------------------------------------------------------------
     def build_model(self) -> nn.Module:
-        from tasks.text.data import load_vectors
-        from tasks.text.model import build_text_model
+        from capsule_kit_tasks.text.data import load_vectors
+        from capsule_kit_tasks.text.model import build_text_model
 
         if self.keys is None:
             self.build_data(self.folds()[0])
@@ -300,7 +300,7 @@ class TextTask(Task):
         return classification_metrics(lengths.argmax(-1), y, lengths.shape[-1])
 
     def pictures(self, model: nn.Module, data: Splits, run_dir: Path, device: Any) -> dict[str, Any]:
-        from tasks.text.pictures import text_pictures
+        from capsule_kit_tasks.text.pictures import text_pictures
 
         return text_pictures(self, model, data, run_dir, device)
 

@@ -1,0 +1,48 @@
+"""The wheel as a user installs it: built-in tasks as entry points, no generic top-level ``tasks``."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from importlib import metadata
+
+import pytest
+
+from conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def wheel_names(tmp_path_factory) -> list[str]:
+    src = tmp_path_factory.mktemp("src")
+    for part in ("pyproject.toml", "README.md", "capsule_kit", "tasks", "recipes"):
+        if (REPO / part).is_dir():
+            shutil.copytree(REPO / part, src / part, ignore=shutil.ignore_patterns("__pycache__"))
+        elif (REPO / part).exists():
+            shutil.copy(REPO / part, src / part)
+    out = tmp_path_factory.mktemp("wheel")
+    cmd = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out), str(src)]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    (wheel,) = out.glob("capsule_kit-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        return z.namelist()
+
+
+def test_wheel_has_no_generic_tasks_package(wheel_names):
+    tops = {n.split("/")[0] for n in wheel_names if not n.split("/")[0].endswith((".dist-info", ".data"))}
+    assert tops == {"capsule_kit", "capsule_kit_tasks"}
+    assert "capsule_kit_tasks/digits/mnist/train-images-idx3-ubyte.gz" in wheel_names
+
+
+def test_wheel_declares_builtin_tasks_as_entry_points(wheel_names):
+    assert any(n.endswith(".dist-info/entry_points.txt") for n in wheel_names)
+    names = {ep.name: ep.value for ep in metadata.entry_points(group="capsule_kit.tasks")}
+    for name in ("digits", "text", "graphs", "points"):
+        module, _, cls = names[name].partition(":")
+        assert module.startswith("capsule_kit_tasks.") and cls.endswith("Task")
+
+
+def test_core_holds_no_list_of_domains():
+    core = "\n".join(p.read_text() for p in (REPO / "capsule_kit").rglob("*.py"))
+    assert "capsule_kit_tasks" not in core and "tasks.digits" not in core
