@@ -78,6 +78,7 @@ class PluginTask(Task):
 def test_tasks_from_entry_points(monkeypatch):
     group = "capsule_kit.tasks"
     plugins = [
+        *metadata.entry_points(group=group),  # the built-in domains are plugins too
         metadata.EntryPoint("plugged", f"{__name__}:PluginTask", group),
         metadata.EntryPoint("broken", "no_such_module_xyz:Task", group),
         metadata.EntryPoint("not_a_task", "os.path:join", group),
