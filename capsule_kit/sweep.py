@@ -1,4 +1,4 @@
-"""Run one recipe over several seeds and summarise: ``python -m capsule_kit.sweep RECIPE --seeds 0,1,2 [key=value ...]``.
+"""Run one recipe over several seeds: ``python -m capsule_kit.sweep RECIPE --seeds 0,1,2 [key=value ...]``.
 
 One seed's accuracy swings by a point or two between machines, so results are
 reported as mean +- std over seeds. The sweep writes one folder,
