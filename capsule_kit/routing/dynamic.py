@@ -56,19 +56,35 @@ class _WeightedSum(torch.autograd.Function):
     ``c_i g`` directly with the votes' strides saves that copy (~25% of a DigitCaps
     step on CPU). Under ``create_graph`` the plain differentiable product is used.
 
+    Autocast: the sum runs in the votes' dtype with autocast off (on the votes' device, CPU
+    included), and so does the backward (``custom_fwd``/``custom_bwd`` keep CUDA's autocast state
+    of the forward for the backward; the explicit ``autocast(enabled=False)`` covers every device).
+    Under bf16/fp16 autocast fp32 votes thus give an fp32 ``s`` and gradients of the inputs' own
+    dtypes, never a mixed-dtype product in backward.
+
     Shapes:
         coupling: [B, N_o, N_i], u: [B, N_o, N_i, D] -> s: [B, N_o, D]
     """
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, coupling: Tensor, u: Tensor) -> Tensor:
+        coupling = coupling.to(u.dtype)
         ctx.save_for_backward(coupling, u if coupling.requires_grad else None)
         ctx.u_layout = (u.shape, u.stride(), u.dtype) if _dense(u) else None  # None: e.g. expanded votes
-        return torch.matmul(coupling.unsqueeze(2), u).squeeze(2)
+        with torch.autocast(u.device.type, enabled=False):
+            return torch.matmul(coupling.unsqueeze(2), u).squeeze(2)
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad_s: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        with torch.autocast(grad_s.device.type, enabled=False):
+            return _WeightedSum._grads(ctx, grad_s)
+
+    @staticmethod
+    def _grads(ctx, grad_s: Tensor) -> tuple[Tensor | None, Tensor | None]:
         coupling, u = ctx.saved_tensors
+        grad_s = grad_s.to(coupling.dtype)
         grad_c = grad_u = None
         if ctx.needs_input_grad[1]:
             outer = (coupling.unsqueeze(-1), grad_s.unsqueeze(2))  # [B, N_o, N_i, 1] x [B, N_o, 1, D]

@@ -120,8 +120,17 @@ class EMRouting(Routing):
         return torch.softmax(log_post, dim=-1)
 
     def route(self, votes: Tensor, activations: Tensor | None) -> Routed:
-        """Shapes: votes [B, N_i, N_o, 16], activations [B, N_i] -> poses [B, N_o, 16], activations [B, N_o]."""
-        v = votes.to(torch.promote_types(votes.dtype, torch.float32))  # EM statistics in >= fp32 even under autocast
+        """EM in at least fp32 with autocast off: under fp16/bf16 autocast the e-step products would
+        run in half precision while deviations are scaled by up to ``1/eps`` (inf - inf -> NaN).
+
+        Shapes: votes [B, N_i, N_o, 16], activations [B, N_i] -> poses [B, N_o, 16], activations [B, N_o].
+        """
+        with torch.autocast(votes.device.type, enabled=False):
+            return self._route(votes, activations)
+
+    def _route(self, votes: Tensor, activations: Tensor | None) -> Routed:
+        """Shapes: as :meth:`route`."""
+        v = votes.to(torch.promote_types(votes.dtype, torch.float32))  # EM statistics in >= fp32
         a_in = v.new_ones(v.shape[:2]) if activations is None else activations.to(v.dtype)
         batch, n_in, n_out, _ = v.shape
         v_out = v.transpose(1, 2).contiguous()  # output-major [B, N_o, N_i, D]: the products read it in order
