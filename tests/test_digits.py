@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from capsule_kit.errors import DataError
-from capsule_kit_tasks.digits.data import load_mnist, multimnist, multimnist_test_set, random_shift, read_idx
+from capsule_kit_tasks.digits.data import load_mnist, multimnist, multimnist_test_set, place, random_shift, read_idx
 from capsule_kit_tasks.digits.task import DigitsTask
 from tests.helpers import only_run_dir, results, run_cli
 
@@ -91,3 +91,31 @@ def test_digits_recipe_runs_two_steps_then_resumes(recipe, extra, tmp_path):
     assert res["steps"] == 3 and 0.0 <= res["test"]["accuracy"] <= 1.0
     if "multimnist" in recipe:
         assert (run_dir / "multimnist_reconstructions.png").exists()
+
+
+def loop_shift(x, max_shift, offsets):
+    """The old per-image loop (reference for the vectorised shift)."""
+    h, w = x.shape[-2:]
+    padded = torch.nn.functional.pad(x, (max_shift,) * 4)
+    return torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets.tolist())])
+
+
+def loop_place(x, size, offsets):
+    """The old per-image loop (reference for the vectorised placement)."""
+    canvas = x.new_zeros(x.shape[0], x.shape[1], size, size)
+    for i, (r, c) in enumerate(offsets.tolist()):
+        canvas[i, :, r : r + x.shape[2], c : c + x.shape[3]] = x[i]
+    return canvas
+
+
+def test_vectorised_shift_and_place_equal_the_loops():
+    x = torch.rand(7, 2, 28, 28)
+    torch.manual_seed(3)
+    out = random_shift(x, 3)
+    torch.manual_seed(3)
+    offsets = torch.randint(0, 7, (7, 2))  # the same draw random_shift makes
+    assert torch.equal(out, loop_shift(x, 3, offsets))
+    assert len({tuple(o) for o in offsets.tolist()}) > 1  # the images really move differently
+    corners = torch.tensor([[0, 0], [8, 8], [4, 1], [0, 8], [8, 0], [3, 3], [5, 7]])
+    assert torch.equal(place(x, 36, corners), loop_place(x, 36, corners))
+    assert torch.equal(place(x, 36, corners.tolist()), loop_place(x, 36, corners))  # list offsets still work

@@ -68,6 +68,9 @@ def load_mnist(root: str | None, split: str) -> tuple[Tensor, Tensor]:
 def random_shift(x: Tensor, max_shift: int) -> Tensor:
     """Shift each image by up to ``max_shift`` pixels in x and y with zero padding (Sabour).
 
+    One gather for the whole batch (no loop over images): each output pixel reads
+    the zero-padded input at its image's (dy, dx) offset.
+
     Shapes:
         x: [B, C, H, W] -> [B, C, H, W]
     """
@@ -75,28 +78,54 @@ def random_shift(x: Tensor, max_shift: int) -> Tensor:
         return x
     b, _, h, w = x.shape
     padded = F.pad(x, (max_shift,) * 4)
-    offsets = torch.randint(0, 2 * max_shift + 1, (b, 2)).tolist()
-    return torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets)])
+    offsets = torch.randint(0, 2 * max_shift + 1, (b, 2)).to(x.device)  # [B, 2] (dy, dx) in the padded frame
+    return window(padded, offsets, h, w)
 
 
-def place(x: Tensor, size: int, offsets: list[tuple[int, int]]) -> Tensor:
-    """Put each image on a ``size`` x ``size`` zero canvas at (row, col) offsets.
+def window(x: Tensor, corner: Tensor, h: int, w: int) -> Tensor:
+    """The ``h`` x ``w`` window of each image starting at its own (row, col) ``corner``.
 
     Shapes:
-        x: [B, C, h, w] -> [B, C, size, size]
+        x: [B, C, H, W], corner: [B, 2] int -> [B, C, h, w]
+    """
+    return x[_grid(corner, x.shape[1], h, w)]
+
+
+def place(x: Tensor, size: int, offsets: Tensor | list[tuple[int, int]]) -> Tensor:
+    """Put each image on a ``size`` x ``size`` zero canvas at (row, col) offsets (one scatter, no loop).
+
+    Shapes:
+        x: [B, C, h, w], offsets: [B, 2] -> [B, C, size, size]
     """
     b, c, h, w = x.shape
+    corner = torch.as_tensor(offsets, dtype=torch.long).to(x.device).reshape(b, 2)
     canvas = x.new_zeros(b, c, size, size)
-    for i, (r, col) in enumerate(offsets):
-        canvas[i, :, r : r + h, col : col + w] = x[i]
+    canvas[_grid(corner, c, h, w)] = x
     return canvas
 
 
-def random_offsets(n: int, size: int, digit: int, max_shift: int, gen: torch.Generator | None = None) -> list:
-    """Offsets of a digit centred on the canvas and shifted by up to ``max_shift`` pixels."""
+def _grid(corner: Tensor, c: int, h: int, w: int) -> tuple[Tensor, ...]:
+    """Advanced-indexing tuple addressing an ``h`` x ``w`` window at each image's ``corner``.
+
+    Shapes:
+        corner: [B, 2] -> four index tensors broadcasting to [B, C, h, w]
+    """
+    dev = corner.device
+    rows = (corner[:, :1] + torch.arange(h, device=dev))[:, None, :, None]  # [B, 1, h, 1]
+    cols = (corner[:, 1:] + torch.arange(w, device=dev))[:, None, None, :]  # [B, 1, 1, w]
+    batch = torch.arange(len(corner), device=dev)[:, None, None, None]
+    return batch, torch.arange(c, device=dev)[None, :, None, None], rows, cols
+
+
+def random_offsets(n: int, size: int, digit: int, max_shift: int, gen: torch.Generator | None = None) -> Tensor:
+    """Offsets of a digit centred on the canvas and shifted by up to ``max_shift`` pixels.
+
+    Shapes:
+        returns: [n, 2] int64 (row, col)
+    """
     centre = (size - digit) // 2
     shifts = torch.randint(-max_shift, max_shift + 1, (n, 2), generator=gen) + centre
-    return [tuple(s) for s in shifts.clamp(0, size - digit).tolist()]
+    return shifts.clamp(0, size - digit)
 
 
 def partners(labels: Tensor, gen: torch.Generator | None = None) -> Tensor:
