@@ -65,7 +65,8 @@ chunks, which gives the same results (routing is per sample; tests/test_scale.py
 checks dynamic, attention and EM routing against the unchunked layer). The budget
 is `$CAPSULE_KIT_VOTE_BUDGET` (bytes, or `2GiB`, `512MiB`, ...; default 2 GiB) on
 every device; on CPU chunks are also kept at most 16 MiB, which is faster there
-(fewer page faults, see benchmarks/routing.py). A layer's `max_vote_bytes` argument
+(fewer page faults, see benchmarks/routing.py), and on CUDA at most 1/8 of the free
+GPU memory. A layer's `max_vote_bytes` argument
 overrides both. The output capsules are never split into chunks: dynamic routing's
 softmax couples them, so that would change the result. A single sample whose votes
 exceed the budget is routed alone, with a warning.
@@ -96,6 +97,54 @@ so that all ranks stop together. Shuffle a stream in the task
 (`trainer.num_workers`) is the dataset's job (`torch.utils.data.get_worker_info`),
 as PyTorch documents. `--resume` restores weights, optimizer and counters, and
 reads a stream again from its start.
+
+## The GPU path: what is checked, and how
+
+**No GPU machine was available in this session: the GPU path is tested on CPU with
+faked CUDA only** (`tests/test_device.py` fakes `torch.cuda.is_available`/`set_device`,
+`tests/test_engine.py` fakes `torch.cuda.mem_get_info`, `tests/test_autocast.py` runs
+the precision-sensitive routings under CPU bf16 autocast). No CUDA figure on this page
+was measured. On a GPU machine, run
+
+```bash
+scripts/gpu_check.sh            # about 5 minutes on one GPU
+scripts/gpu_check.sh --dry-run  # the same checks on CPU with tiny settings (tests/test_gpu_check.py runs it)
+```
+
+It trains every recipe for 10 steps with `device: auto` at fp32, bf16 and fp16 (exit 0 and
+finite losses), MNIST with `trainer.compile=true`, compares dynamic, EM and attention
+routing outputs and gradients on CUDA with CPU in fp64, compares a 2-epoch run with
+1 epoch + `--resume` (largest weight difference), runs the GPU-relevant tests and
+times one MNIST epoch (seconds and images/s). Record its figures here.
+
+What the loop does for the GPU (all of it also runs on CPU):
+
+- **No host sync per step.** Loss and logged values are summed on the device and read
+  once per `trainer.log_every` steps (the logged numbers are means over those steps);
+  evaluation sums its loss on the device and copies outputs with `non_blocking=True`,
+  waiting once at the end of the pass. Tasks return tensors in `step()["log"]`.
+- **Loaders**: on CUDA `pin_memory=True`, and with `trainer.num_workers > 0` persistent workers.
+- **DDP** without `find_unused_parameters` (a model whose parameters can go unused in a
+  step sets `find_unused_parameters = True` as an attribute); `torch.compile` is applied
+  after DDP wrapping.
+- **Precision**: EM routing runs in fp32 with autocast off (its e-step divides by variances
+  down to `eps`: fp16 would overflow); dynamic routing's logits are fp32 and its weighted
+  sum runs in the votes' dtype with autocast off (declared with `custom_fwd/custom_bwd`).
+  A checkpoint without GradScaler state (CPU, fp32) resumes with fp16 on CUDA.
+- **Vote chunks** on CUDA are at most 1/8 of the free GPU memory (`torch.cuda.mem_get_info`)
+  and the vote budget.
+- **Determinism**: `trainer.deterministic: true` (the default) sets
+  `torch.use_deterministic_algorithms(True, warn_only=True)`, cuDNN deterministic with
+  benchmark off and `CUBLAS_WORKSPACE_CONFIG=:4096:8` (set by the runner before CUDA
+  starts). On CPU resume is bit-identical (tests/test_runner.py, tests/test_engine.py,
+  max difference 0.0). On CUDA in deterministic mode the same is expected (0.0, to be
+  confirmed by `gpu_check.sh`); ops without a deterministic CUDA kernel (some PyG
+  scatters in the graph task) warn once, and for them, or with `deterministic: false`
+  (faster: cuDNN autotuning, atomic scatters), expect differences of float rounding
+  (about 1e-6 relative in fp32) that can grow over training.
+- **Per-rank RNG**: every rank's Python/numpy/torch/CUDA generator state goes into
+  `last.pt` (gathered to rank 0); each rank restores its own, and only its own CUDA
+  device's generator, so a run resumes exactly under torchrun and on a machine with fewer GPUs.
 
 ## More than one machine
 

@@ -52,27 +52,59 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    """Python, numpy and torch (CPU and CUDA) RNG states as tensors/plain data."""
+    """Python, numpy and torch RNG states of this process as tensors/plain data.
+
+    CUDA: only the generator of this process's current device (``cuda``), so a
+    checkpoint does not depend on how many GPUs the machine has.
+    """
     np_state = np.random.get_state()
     state = {
         "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
         "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state(torch.cuda.current_device())
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`rng_state` captured."""
+def set_rng_state(state: dict[str, Any], rank: int = 0) -> None:
+    """Restore what :func:`rng_state` captured; ``state`` may be one state or ``{"ranks": [...]}``.
+
+    A checkpoint from ``W`` processes holds one state per rank: rank ``r`` takes its own
+    (rank 0's when the resumed run has more ranks than the saved one). Only this
+    process's CUDA device generator is set, so a run resumes on a machine with fewer GPUs.
+    """
+    if "ranks" in state:
+        ranks = state["ranks"]
+        state = ranks[rank] if rank < len(ranks) else ranks[0]
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        if isinstance(cuda, (list, tuple)):  # older checkpoints: every device's state, from rank 0
+            index = torch.cuda.current_device()
+            cuda = cuda[index] if index < len(cuda) else None
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda, torch.cuda.current_device())
+
+
+def rng_states(world: int) -> dict[str, Any]:
+    """Every rank's :func:`rng_state` as ``{"ranks": [rank 0's, rank 1's, ...]}``.
+
+    Collective under torchrun (every rank must call it); rank 0 writes the result.
+    """
+    mine = rng_state()
+    if world <= 1:
+        return {"ranks": [mine]}
+    import torch.distributed as dist
+
+    box: list[Any] = [None] * world
+    dist.all_gather_object(box, mine)
+    return {"ranks": box}
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:

@@ -58,6 +58,15 @@ class TrainerConfig(Strict):
     test_weights: Literal["last", "best"] = Field(
         "last", description="Weights the test split sees: the final ones, or the best on the validation split."
     )
+    checkpoint_every: str | None = Field(
+        "10m",
+        pattern=r"^\s*(\d+(\.\d+)?\s*[smh]|\d+|off)\s*$",
+        description="Also write checkpoints/last.pt mid-epoch every N steps (500) or minutes of training "
+        "(10m, 30s, 1h); 0 or off: only at epoch ends and on Ctrl-C.",
+    )
+    deterministic: bool = Field(
+        True, description="Deterministic kernels (cuDNN, CUBLAS_WORKSPACE_CONFIG) for exact resume; false: faster."
+    )
     progress: bool = Field(True, description="Show progress bars.")
     tensorboard: bool = Field(False, description="Also write TensorBoard scalars (extra 'tb').")
 

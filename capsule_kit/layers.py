@@ -25,6 +25,7 @@ from capsule_kit.routing import Routed, build
 CPU_VOTE_BYTES = 16 << 20
 # Memory budget for the votes of one DenseCaps call on any device (bytes, or "2GiB", "512MB").
 VOTE_BUDGET_ENV, DEFAULT_VOTE_BUDGET = "CAPSULE_KIT_VOTE_BUDGET", 2 << 30
+CUDA_FREE_SHARE = 8  # votes of one chunk may take 1/8 of the GPU's free memory
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -54,6 +55,19 @@ def vote_budget() -> int:
         return parse_bytes(raw)
     except ValueError as exc:
         raise ConfigError(f"${VOTE_BUDGET_ENV}: {exc}") from None
+
+
+def vote_limit(device: torch.device, budget: int) -> int:
+    """Vote bytes per chunk on ``device``: on CPU at most 16 MiB (cache), on CUDA at most
+    1/``CUDA_FREE_SHARE`` of the free memory (the routing temporaries and gradients are a few
+    times the votes), never more than ``budget``.
+    """
+    if device.type == "cpu":
+        return min(budget, CPU_VOTE_BYTES)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return max(1, min(budget, free // CUDA_FREE_SHARE))
+    return budget
 
 
 class PrimaryCaps(nn.Module):
@@ -196,7 +210,7 @@ class DenseCaps(nn.Module):
                 f"({budget / 2**20:.1f} MiB, max_vote_bytes or ${VOTE_BUDGET_ENV}); routing one sample at a time",
                 stacklevel=3,
             )
-        limit = min(budget, CPU_VOTE_BYTES) if self.max_vote_bytes is None and u.device.type == "cpu" else budget
+        limit = budget if self.max_vote_bytes is not None else vote_limit(u.device, budget)
         return min(u.shape[0], max(1, limit // per_sample))
 
 

@@ -29,12 +29,12 @@ def plot_curves(metrics_path: Path, out: Path) -> Path | None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     if steps:
         axes[0].plot([r["step"] for r in steps], [r["loss"] for r in steps], label="train loss")
-    for key in sorted({k for r in epochs for k in r if k.startswith(("val_", "train_")) and "loss" in k}):
+    for key in sorted({k for r in epochs for k in r if k.startswith(("val_", "test_", "train_")) and "loss" in k}):
         axes[0].plot([r["step"] for r in epochs if key in r], [r[key] for r in epochs if key in r], "o-", label=key)
     axes[0].set_xlabel("step")
     axes[0].set_title("loss")
     axes[0].legend()
-    keys = sorted({k for r in epochs for k in r if k.startswith("val_") and "loss" not in k})
+    keys = sorted({k for r in epochs for k in r if k.startswith(("val_", "test_")) and "loss" not in k})
     for key in keys:
         axes[1].plot([r["epoch"] for r in epochs if key in r], [r[key] for r in epochs if key in r], "o-", label=key)
     axes[1].set_xlabel("epoch")

@@ -22,6 +22,7 @@ import torch
 
 from capsule_kit.checkpoint import atomic_write_text, load_checkpoint, set_rng_state
 from capsule_kit.config import Recipe, apply_overrides, dump_yaml, read_yaml, to_plain, validate
+from capsule_kit.determinism import configure_determinism
 from capsule_kit.distributed import DistInfo, barrier, broadcast, pick_device, setup_device, shutdown
 from capsule_kit.engine import Trainer, evaluate, make_loader, unwrap
 from capsule_kit.errors import CheckpointError, ConfigError, UserError
@@ -120,13 +121,18 @@ def build_optimizer(model: torch.nn.Module, cfg) -> tuple[torch.optim.Optimizer,
 
 
 def wrap_model(model: torch.nn.Module, cfg, device: torch.device, info: DistInfo) -> torch.nn.Module:
-    """Move to device, then torch.compile and/or DistributedDataParallel as asked."""
+    """Move to device, then DistributedDataParallel and/or torch.compile (after DDP, as torch advises).
+
+    DDP looks for unused parameters only when the model says some can be unused
+    (``find_unused_parameters = True`` as a model attribute): the search costs a graph walk per step.
+    """
     model = model.to(device)
-    if cfg.compile:
-        model = torch.compile(model)
     if info.world > 1:
         ids = [device.index] if device.type == "cuda" else None
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+        unused = bool(getattr(model, "find_unused_parameters", False))
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=unused)
+    if cfg.compile:
+        model = torch.compile(model)
     return model
 
 
@@ -146,7 +152,7 @@ def run_fold(task: Task, fold: Any, index: int, ctx: dict, ckpt: dict | None) ->
     trainer = Trainer(task, model, opt, sched, splits, cfg.trainer, device, info, run_dir, extra)
     if ckpt is not None:
         trainer.load_state(ckpt)
-        set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"], info.rank)
     with StopFlag() as stop:
         finished = trainer.fit(stop)
     if not finished:
@@ -200,6 +206,7 @@ def train(
     on ``resume`` they are added to the run's earlier ones.
     """
     task_cls = task_cls or resolve_task(cfg.task)
+    configure_determinism(cfg.trainer.deterministic)  # before CUDA starts (CUBLAS_WORKSPACE_CONFIG)
     info, device = setup_device(cfg.trainer.device, cfg.trainer.threads)
     task = task_cls(cfg)
     task.check_data()  # before a run directory exists: a missing dataset leaves nothing behind

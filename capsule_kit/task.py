@@ -64,8 +64,9 @@ class Task:
         """One forward pass (and loss).
 
         Returns:
-            ``{"loss": scalar Tensor, "n": batch size, "log": {name: float}, "out": {name: Tensor}}``;
-            ``log`` values are averaged for the progress bar, ``out`` tensors are
+            ``{"loss": scalar Tensor, "n": batch size, "log": {name: scalar Tensor}, "out": {name: Tensor}}``;
+            ``log`` values (tensors, so no step waits for the device; floats work too) are summed on
+            the device and their means logged every ``log_every`` steps; ``out`` tensors are
             gathered (detached, on CPU) over an evaluation pass for :meth:`metrics`.
 
         """

@@ -82,7 +82,7 @@ class SklearnDigitsTask(ck.Task):
     def step(self, model: nn.Module, batch: tuple[Tensor, Tensor], *, train: bool) -> dict[str, Any]:
         x, y = batch
         lengths = model(x)
-        acc = float((lengths.argmax(-1) == y).float().mean())
+        acc = (lengths.argmax(-1) == y).float().mean()
         return {
             "loss": ck.margin_loss(lengths, y),
             "n": len(y),

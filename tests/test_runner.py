@@ -180,9 +180,9 @@ def test_cli_writes_run_directory_and_eval(tmp_path):
         "reconstructions.png",
         "perturbations.png",
         "checkpoints/last.pt",
-        "checkpoints/best.pt",
     ):
         assert (run_dir / name).exists(), name
+    assert not (run_dir / "checkpoints" / "best.pt").exists()  # no validation split: no "best" is claimed
     res = results(run_dir)
     assert res["steps"] == 2 and res["params"] > 0 and 0 <= res["test"]["accuracy"] <= 1
     proc = run_cli("recipes/mnist.yaml", *TINY, f"output_dir={out}", "--eval", str(run_dir / "checkpoints" / "last.pt"))
@@ -230,6 +230,6 @@ def test_tensorboard_scalars_and_pictures(tmp_path):
     losses = [e.value for e in events.Scalars("train/loss")]
     logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert losses == pytest.approx([r["loss"] for r in logged if r["kind"] == "train"])
-    assert events.Scalars("epoch/val_accuracy")[0].value == pytest.approx(results(run_dir)["test"]["accuracy"])
+    assert events.Scalars("epoch/test_accuracy")[0].value == pytest.approx(results(run_dir)["test"]["accuracy"])
     pictures = {f"pictures/{p.stem}" for p in run_dir.glob("*.png")}
     assert {"pictures/curves", "pictures/reconstructions"} <= pictures == set(events.Tags()["images"])

@@ -115,7 +115,7 @@ class DigitsTask(Task):
         return {
             "loss": loss,
             "n": len(x),
-            "log": {"acc": float(hit.float().mean())},
+            "log": {"acc": hit.float().mean()},  # a tensor: the engine syncs at log_every
             "out": {"lengths": out.lengths.detach(), "y": y},
         }
 

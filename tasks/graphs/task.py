@@ -198,7 +198,7 @@ class GraphTask(Task):
                 rec = reconstruction_loss(out.reconstruction, batch.hist, scale=1.0)
             loss = loss + lc.recon_weight * rec
         pred = out.lengths.detach().argmax(dim=1)
-        acc = float((pred == y).float().mean())
+        acc = (pred == y).float().mean()  # a tensor: the engine syncs at log_every
         return {"loss": loss, "n": int(batch.num_graphs), "log": {"acc": acc}, "out": {"pred": pred, "target": y}}
 
     def metrics(self, outputs: list[dict[str, Tensor]]) -> dict[str, Any]:

@@ -183,7 +183,7 @@ class PointsTask(Task):
         gathered = {"chamfer": cd.detach(), "y": labels}
         if not train:
             gathered["part_spread"] = part_spread(out.points.detach().float(), out.latent.shape[1])
-        return {"loss": cd.mean(), "n": len(points), "log": {"chamfer": float(cd.detach().mean())}, "out": gathered}
+        return {"loss": cd.mean(), "n": len(points), "log": {"chamfer": cd.detach().mean()}, "out": gathered}
 
     def metrics(self, outputs: list[dict[str, Tensor]]) -> dict[str, Any]:
         cd = torch.cat([o["chamfer"] for o in outputs])

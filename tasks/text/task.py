@@ -281,7 +281,7 @@ class TextTask(Task):
         c = self.cfg.loss
         loss = margin_loss(lengths, y, c.m_pos, c.m_neg, c.lam)
         acc = self.hits(lengths.detach(), y).float().mean()
-        return {"loss": loss, "n": len(y), "log": {"acc": float(acc)}, "out": {"lengths": lengths.detach(), "y": y}}
+        return {"loss": loss, "n": len(y), "log": {"acc": acc}, "out": {"lengths": lengths.detach(), "y": y}}
 
     def predict(self, lengths: Tensor) -> Tensor:
         """Class index [B], or a multi-hot [B, C] of lengths above the threshold."""
