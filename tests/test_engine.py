@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -207,3 +208,17 @@ def test_ddp_without_unused_parameter_search_and_compile_after_wrapping(tmp_path
         assert isinstance(unwrap(plain), torch.nn.Linear)
     finally:
         dist.destroy_process_group()
+
+
+def test_terminal_bar_counts_the_whole_run():
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Tty()
+    bar = Progress(total=20, initial=5, epochs=1, enabled=True, live=True, stream=stream)
+    bar.step(1)
+    bar.bar.refresh()
+    bar.close()
+    frames = [f for f in stream.getvalue().split("\r") if "epoch" in f]
+    assert frames and "epoch 1/1" in frames[-1] and "6/20" in frames[-1]  # max_steps=20: not the epoch's 600 batches
