@@ -199,7 +199,12 @@ class Trainer:
         return done and stop.signal is None
 
     def _checkpoint_due(self) -> bool:
-        """Mid-epoch checkpoint now? Under torchrun rank 0 decides a time-based one (at log steps)."""
+        """Mid-epoch checkpoint now? Not at an epoch's end or max_steps (the epoch end saves anyway).
+
+        Under torchrun rank 0 decides a time-based one (at log steps) for every rank.
+        """
+        if self.state.batch_in_epoch == loader_len(self.train_loader) or self._max_steps_reached():
+            return False
         if self.info.world == 1 or self.clock.steps:
             return self.clock.due(self.state.step)
         return self.state.step % self.cfg.log_every == 0 and bool(broadcast(self.clock.due(0), self.info))

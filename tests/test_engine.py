@@ -222,3 +222,13 @@ def test_terminal_bar_counts_the_whole_run():
     bar.close()
     frames = [f for f in stream.getvalue().split("\r") if "epoch" in f]
     assert frames and "epoch 1/1" in frames[-1] and "6/20" in frames[-1]  # max_steps=20: not the epoch's 600 batches
+
+
+def test_digits_model_declares_unused_parameters_only_without_reconstruction_loss():
+    def model(*overrides):
+        cfg, task_cls = run.load_recipe(REPO / "recipes" / "mnist.yaml", ["model.name=capsnet_tiny", *overrides])
+        return task_cls(cfg).build_model()
+
+    assert model().find_unused_parameters is False  # decoder trained by the reconstruction loss
+    assert model("loss.recon_weight=0").find_unused_parameters is True  # decoder gets no gradient
+    assert model("loss.recon_weight=0", "model.decoder=false").find_unused_parameters is False

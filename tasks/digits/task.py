@@ -89,7 +89,10 @@ class DigitsTask(Task):
 
     def build_model(self) -> nn.Module:
         size = self.cfg.data.canvas if self.multi else 28
-        return build_digits_model(self.cfg.model, (1, size, size), 10, mask_k=2 if self.multi else 1)
+        model = build_digits_model(self.cfg.model, (1, size, size), 10, mask_k=2 if self.multi else 1)
+        # A decoder without reconstruction loss gets no gradient: DDP must look for unused parameters.
+        model.find_unused_parameters = self.cfg.loss.recon_weight == 0 and bool(getattr(model, "decoder", None))
+        return model
 
     def prepare(self, batch: tuple, train: bool) -> tuple[Tensor, Tensor, Tensor | None]:
         """Float images in [0, 1], labels [B] or [B, 2], and (MultiMNIST) the two digits alone."""
