@@ -1,14 +1,19 @@
-"""DigitCaps forward+backward: capsule-kit's DenseCaps against the seed's implementation.
+"""DigitCaps forward+backward: capsule-kit's DenseCaps against the seed's and an einsum implementation.
 
 The layer is Sabour's class-capsule layer: B x 1152 input capsules of 8D -> 10
-capsules of 16D, routed with 3 iterations. Both variants get the same inputs,
-the same weights (the seed's [1, N_i, N_o*D_o, D_i, 1] layout mapped from ours)
-and the same upstream gradient; the script prints the largest differences of
-outputs, input gradients and weight gradients, then times and peak memory, then
-the ratios LAST.
+capsules of 16D, routed with 3 iterations. Every variant gets the same inputs,
+the same weights (mapped from ours into its layout) and the same upstream
+gradient; the script prints the largest differences of outputs, input gradients
+and weight gradients from ours, then times and peak memory, then the ratios LAST.
+
+Variants (benchmarks/references.py holds the references): ``ours`` (DenseCaps,
+eager routing), ``fused`` (the same with ``routing_options={"fused": True}``,
+capsule_kit/routing/fused.py; dynamic routing only), ``einsum`` (readable_capsnet
+style: votes, weighted sums and agreements by ``einsum``; dynamic routing only)
+and ``seed`` (up to ``--seed-max-batch``).
 
     python benchmarks/routing.py                         # B=64, dynamic routing, fp32
-    python benchmarks/routing.py --sweep                 # B in 32, 64, 128
+    python benchmarks/routing.py --sweep                 # B in 32, 64, 128, 256
     python benchmarks/routing.py --routing em --dtype bf16 --repeats 9
 
 Seed style (the reference, written here device-agnostic): votes as
@@ -20,8 +25,11 @@ the reference uses the same seed-style votes and a straightforward broadcast
 version of the formulas in capsule_kit/routing/em.py / attention.py.
 
 Time: median wall time of ``--repeats`` forward+backward passes, after two
-warm-up passes, the variants interleaved so that load from other processes on
-this shared machine hits both alike. OpenMP's wait policy defaults to PASSIVE
+warm-up passes, the variants interleaved round by round (A, B, C, A, B, C, ...,
+the first one rotating) so that load from other processes on this shared machine
+hits all alike. Ratios are medians of the per-round ratios, with their spread
+[min-max]: a round in which another process held the core slows every variant of
+that round, so the ratio stays steady while the times move. OpenMP's wait policy defaults to PASSIVE
 here (see below): with spinning idle workers an oversubscribed machine makes
 every multi-threaded op wait for a time slice.
 
@@ -43,7 +51,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import tempfile
@@ -56,97 +63,32 @@ os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # the profiler's per-bloc
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
+from references import D_I, D_O, N_I, N_O, EinsumDenseCaps, SeedDenseCaps  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
-from torch.nn import functional as F  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from capsule_kit.layers import DenseCaps  # noqa: E402
 
-N_I, D_I, N_O, D_O = 1152, 8, 10, 16
 
-
-def seed_squash(inputs: Tensor, axis: int = -1) -> Tensor:
-    norm = torch.norm(inputs, dim=axis, keepdim=True)
-    scale = norm**2 / (1 + norm**2) / (norm + 1e-8)
-    return scale * inputs
-
-
-def seed_dynamic(u_hat: Tensor, iterations: int) -> Tensor:
-    """The seed's routing loop, with ``.cuda()`` replaced by the votes' device."""
-    u_hat_for_route = u_hat.detach()
-    b = torch.zeros(u_hat.size(0), N_I, N_O, device=u_hat.device, dtype=u_hat.dtype)
-    for i in range(iterations):
-        c = F.softmax(b, dim=2)
-        if i < iterations - 1:
-            outputs = seed_squash(torch.sum(torch.unsqueeze(c, 3) * u_hat_for_route, dim=1, keepdims=True))
-            b = b + torch.sum(outputs * u_hat_for_route, dim=-1)
-        else:
-            outputs = seed_squash(torch.sum(torch.unsqueeze(c, 3) * u_hat, dim=1, keepdims=True))
-    return torch.squeeze(outputs, dim=1)
-
-
-def naive_em(v: Tensor, beta_u: Tensor, beta_a: Tensor, iterations: int, eps: float = 1e-4) -> Tensor:
-    """EM routing (em.py's docstring) with plain broadcasts; returns poses."""
-    v = v.float()
-    r = torch.full(v.shape[:3], 1.0 / N_O, dtype=v.dtype)
-    for it in range(iterations):
-        lam = 1.0 + (2.0 - 1.0) * it / max(iterations - 1, 1) if iterations > 1 else 2.0
-        mass = r.sum(1)  # input activations are 1
-        coeff = (r / (mass.unsqueeze(1) + eps)).unsqueeze(-1)
-        mu = (coeff * v).sum(1)
-        var = (coeff * (v - mu.unsqueeze(1)) ** 2).sum(1) + eps
-        cost = ((beta_u.view(1, N_O, 1) + 0.5 * torch.log(var)) * (mass / (N_I / N_O)).unsqueeze(-1)).sum(-1)
-        z = (cost - cost.mean(-1, keepdim=True)) / ((cost - cost.mean(-1, keepdim=True)) ** 2).mean(
-            -1, keepdim=True
-        ).add(eps).sqrt()
-        logit = lam * (beta_a - z)
-        if it < iterations - 1:
-            log_p = -0.5 * (((v - mu.unsqueeze(1)) ** 2) / var.unsqueeze(1) + torch.log(2 * math.pi * var).unsqueeze(1))
-            r = torch.softmax(F.logsigmoid(logit).unsqueeze(1) + log_p.sum(-1), dim=-1)
-    return mu
-
-
-def naive_attention(v: Tensor, prior: Tensor) -> Tensor:
-    """Efficient-CapsNet routing (attention.py's docstring) with plain broadcasts."""
-    scores = (v * v.sum(1, keepdim=True)).sum(-1) / math.sqrt(D_O)
-    c = torch.softmax(scores.float(), dim=-1) + prior
-    s = (c.unsqueeze(-1).to(v.dtype) * v).sum(1)
-    r = s.norm(dim=-1, keepdim=True)
-    return (1 - torch.exp(-r)) * s / (r + 1e-8)
-
-
-class SeedDenseCaps(nn.Module):
-    """The seed's DenseCaps (votes by repeat + broadcast), fed our layer's weights."""
-
-    def __init__(self, ours: DenseCaps, routing: str, iterations: int) -> None:
-        super().__init__()
-        # ours: [N_i, D_i, N_o*D_o] -> seed: [1, N_i, N_o*D_o, D_i, 1]
-        self.weight = nn.Parameter(ours.weight.detach().permute(0, 2, 1)[None, ..., None].clone())
-        self.routing, self.iterations, self.ours = routing, iterations, ours
-
-    def forward(self, u: Tensor) -> Tensor:
-        u_hat = u[:, :, None, :, None]
-        u_hat = self.weight * u_hat.repeat(1, 1, N_O * D_O, 1, 1)
-        u_hat = torch.sum(u_hat, dim=3)
-        u_hat = u_hat.view(-1, N_I, N_O, D_O, 1).squeeze(-1)
-        if self.routing == "dynamic":
-            return seed_dynamic(u_hat, self.iterations)
-        if self.routing == "em":
-            r = self.ours.routing
-            return naive_em(u_hat, r.beta_u.detach(), r.beta_a.detach(), self.iterations).to(u.dtype)
-        return naive_attention(u_hat, self.ours.routing.prior.detach()).to(u.dtype)
-
-
-def build(routing: str, iterations: int, dtype: torch.dtype) -> tuple[nn.Module, nn.Module]:
+def build(args: argparse.Namespace, dtype: torch.dtype, batch: int) -> dict[str, nn.Module]:
+    """The variants timed at this batch size, all with the same weights: name -> module."""
     torch.manual_seed(0)
+    routing, iterations = args.routing, args.iters
     opts = {} if routing == "attention" else {"iterations": iterations}
     ours = DenseCaps(N_I, D_I, N_O, D_O, routing=routing, routing_options=opts)
     if routing == "em":  # non-trivial betas so that a mix-up would show
         with torch.no_grad():
             ours.routing.beta_u.copy_(torch.linspace(-0.5, 0.5, N_O).view(-1, 1))
             ours.routing.beta_a.copy_(torch.linspace(0.3, -0.3, N_O))
-    seed = SeedDenseCaps(ours, routing, iterations)
-    return ours.to(dtype), seed.to(dtype)
+    variants = {"ours": ours}
+    if routing == "dynamic":
+        fused = DenseCaps(N_I, D_I, N_O, D_O, routing=routing, routing_options={**opts, "fused": True})
+        fused.load_state_dict(ours.state_dict())
+        variants["fused"] = fused
+        variants["einsum"] = EinsumDenseCaps(ours, iterations)
+    if batch <= args.seed_max_batch:
+        variants["seed"] = SeedDenseCaps(ours, routing, iterations)
+    return {name: m.to(dtype) for name, m in variants.items()}
 
 
 def step(model: nn.Module, u: Tensor, grad_out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -157,8 +99,9 @@ def step(model: nn.Module, u: Tensor, grad_out: Tensor) -> tuple[Tensor, Tensor,
     poses = out.poses if isinstance(model, DenseCaps) else out
     poses.backward(grad_out)
     g = model.weight.grad
-    g = g if isinstance(model, DenseCaps) else g[0, ..., 0].permute(0, 2, 1)
-    return poses.detach(), x.grad, g
+    if isinstance(model, SeedDenseCaps):
+        g = g[0, ..., 0].permute(0, 2, 1)  # [1, N_i, N_o*D_o, D_i, 1] -> [N_i, D_i, N_o*D_o]
+    return poses.detach(), x.grad, g.reshape(g.shape[0], g.shape[1], -1)
 
 
 def peak_bytes(model: nn.Module, u: Tensor, grad_out: Tensor) -> int:
@@ -192,27 +135,44 @@ def copy_bandwidth(nbytes: int, dtype: torch.dtype) -> float:
     return 2 * nbytes / statistics.median(times)
 
 
+def interleaved(variants: dict[str, nn.Module], u: Tensor, grad_out: Tensor, repeats: int) -> dict[str, list]:
+    """Wall times of ``repeats`` steps per variant, the variants interleaved (A, B, C, A, B, C, ...).
+
+    The starting variant rotates with each repeat, so no variant always runs right after the
+    same other one; repeat k of every variant ran within one round, so per-round ratios see
+    the same load from other processes.
+    """
+    names, times = list(variants), {name: [] for name in variants}
+    for _ in range(2):  # warm-up (and the fused path's compilation)
+        for model in variants.values():
+            step(model, u, grad_out)
+    for k in range(repeats):
+        for name in names[k % len(names) :] + names[: k % len(names)]:
+            t0 = time.perf_counter()
+            step(variants[name], u, grad_out)
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
 def measure(batch: int, args: argparse.Namespace) -> dict:
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
-    ours, seed = build(args.routing, args.iters, dtype)
+    variants = build(args, dtype, batch)
     gen = torch.Generator().manual_seed(1)
     raw = torch.randn(batch, N_I, D_I, generator=gen)
     u = (raw * (raw.norm(dim=-1, keepdim=True) / (1 + raw.pow(2).sum(-1, keepdim=True)))).to(dtype)  # squashed
     grad_out = torch.randn(batch, N_O, D_O, generator=gen).to(dtype)
 
-    got, want = step(ours, u, grad_out), step(seed, u, grad_out)
+    results = {name: step(model, u, grad_out) for name, model in variants.items()}
     diffs = {
-        name: (a.float() - b.float()).abs().max().item() for name, a, b in zip(("out", "grad_u", "grad_w"), got, want)
+        name: {
+            k: (a.float() - b.float()).abs().max().item()
+            for k, a, b in zip(("out", "grad_u", "grad_w"), got, results["ours"])
+        }
+        for name, got in results.items()
+        if name != "ours"
     }
-    times = {"ours": [], "seed": []}
-    for _ in range(2):  # warm-up
-        step(ours, u, grad_out), step(seed, u, grad_out)
-    for _ in range(args.repeats):
-        for name, model in (("ours", ours), ("seed", seed)):
-            t0 = time.perf_counter()
-            step(model, u, grad_out)
-            times[name].append(time.perf_counter() - t0)
-    peaks = {name: peak_bytes(model, u, grad_out) for name, model in (("ours", ours), ("seed", seed))}
+    times = interleaved(variants, u, grad_out, args.repeats)
+    peaks = {name: peak_bytes(model, u, grad_out) for name, model in variants.items()}
     vote_bytes = batch * N_I * N_O * D_O * u.element_size()
     passes = 1 + (2 * args.iters - 1) + 3 if args.routing == "dynamic" else None
     floor = passes * vote_bytes / copy_bandwidth(vote_bytes, dtype) if passes else None
@@ -227,22 +187,47 @@ def measure(batch: int, args: argparse.Namespace) -> dict:
     }
 
 
-def report(r: dict, dtype: str) -> tuple[float, float]:
+def pair_ratios(times: dict[str, list], num: str, den: str) -> tuple[float, float, float]:
+    """Median, min and max over repeats of ``times[num][k] / times[den][k]`` (same round k)."""
+    ratios = [a / b for a, b in zip(times[num], times[den])]
+    return statistics.median(ratios), min(ratios), max(ratios)
+
+
+def report(r: dict, dtype: str) -> list[str]:
+    """Print one batch size's details; return its ratio lines."""
     med = {k: statistics.median(v) for k, v in r["times"].items()}
     tol = 1e-5 if dtype == "fp32" else 5e-2
     print(f"\n== B = {r['batch']}  (votes {r['vote_bytes'] / 2**20:.1f} MiB)")
-    for name, d in r["diffs"].items():
-        print(f"max |ours - seed| {name:7s} {d:.3g}  ({'ok' if d < tol else 'ABOVE'} {tol:g})")
-    for name in ("seed", "ours"):
-        runs = ", ".join(f"{t * 1e3:.1f}" for t in sorted(r["times"][name]))
-        print(f"{name}: median {med[name] * 1e3:8.1f} ms   peak {r['peaks'][name] / 2**20:8.1f} MiB   runs [{runs}] ms")
+    for other, diffs in r["diffs"].items():
+        for name, d in diffs.items():
+            print(f"max |{other} - ours| {name:7s} {d:.3g}  ({'ok' if d < tol else 'ABOVE'} {tol:g})")
+    for name in r["times"]:
+        runs = ", ".join(f"{t * 1e3:.1f}" for t in r["times"][name])
+        print(
+            f"{name:6s}: median {med[name] * 1e3:8.1f} ms   peak {r['peaks'][name] / 2**20:8.1f} MiB   runs [{runs}] ms"
+        )
+    lines, b = [], r["batch"]
+    for ref, target in (("seed", " (target >= 15x)"), ("einsum", " (target >= 3x)")):
+        if ref in med:
+            parts = [f"{name} {fmt(pair_ratios(r['times'], ref, name))}" for name in ("ours", "fused") if name in med]
+            lines.append(f"B={b}: speedup vs {ref}: " + ", ".join(parts) + target)
+    peaks = ", ".join(f"{name} {v / 2**20:.0f} MiB" for name, v in r["peaks"].items())
+    lines.append(f"B={b}: peak memory fwd+bwd: {peaks}" + (" (target <= 2 GiB)" if b == 256 else ""))
     if r["floor"] is not None:
         print(
             f"memory-traffic floor: {r['passes']} passes over the votes = "
-            f"{r['passes'] * r['vote_bytes'] / 2**20:.0f} MiB at measured copy bandwidth -> "
-            f"{r['floor'] * 1e3:.1f} ms (ours {med['ours'] * 1e3:.1f} ms, {med['ours'] / r['floor']:.1f}x the floor)"
+            f"{r['passes'] * r['vote_bytes'] / 2**20:.0f} MiB at measured copy bandwidth -> {r['floor'] * 1e3:.1f} ms"
         )
-    return med["seed"] / med["ours"], r["peaks"]["seed"] / max(r["peaks"]["ours"], 1)
+        parts = [f"{name} {med[name] / r['floor']:.1f}x" for name in ("ours", "fused") if name in med]
+        lines.append(
+            f"B={b}: time / memory-traffic floor ({r['floor'] * 1e3:.1f} ms): " + ", ".join(parts) + " (target <= 2x)"
+        )
+    return lines
+
+
+def fmt(ratio: tuple[float, float, float]) -> str:
+    """``12.3x [11.0-13.1]``: median and spread of per-round ratios."""
+    return f"{ratio[0]:.1f}x [{ratio[1]:.1f}-{ratio[2]:.1f}]"
 
 
 def profile_ours(args: argparse.Namespace, steps: int = 5) -> None:
@@ -272,7 +257,10 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--routing", choices=("dynamic", "em", "attention"), default="dynamic")
-    p.add_argument("--sweep", action="store_true", help="B in 32, 64, 128")
+    p.add_argument("--sweep", action="store_true", help="B in 32, 64, 128, 256")
+    p.add_argument(
+        "--seed-max-batch", type=int, default=128, help="skip the (slow, GiB-hungry) seed style above this B"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--profile", action="store_true", help="also print where our step spends its time, per op")
     args = p.parse_args()
@@ -288,13 +276,13 @@ def main() -> None:
     )
     if load > cores and torch.get_num_threads() > 1:
         print("note: the machine is oversubscribed, so timings are noisy; compare with --threads 1")
-    ratios = [(b, *report(measure(b, args), args.dtype)) for b in ((32, 64, 128) if args.sweep else (args.batch,))]
+    batches = (32, 64, 128, 256) if args.sweep else (args.batch,)
+    lines = [line for b in batches for line in report(measure(b, args), args.dtype)]
     if args.profile:
         profile_ours(args)
+    print("\nratios: median [min-max] over interleaved rounds of (reference time / our time) in the same round")
     print()
-    target = "; target >= 15x, >= 5x" if (args.routing, args.dtype) == ("dynamic", "fp32") else ""
-    for b, speed, mem in ratios:
-        print(f"B={b}: speedup {speed:.1f}x, peak memory ratio {mem:.1f}x (seed / capsule-kit{target})")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

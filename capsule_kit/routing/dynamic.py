@@ -22,6 +22,7 @@ from torch import Tensor
 
 from capsule_kit.functional import get_squash, safe_norm
 from capsule_kit.registry import ROUTING
+from capsule_kit.routing import fused
 from capsule_kit.routing.base import Routed, Routing, route_major
 
 
@@ -108,6 +109,8 @@ class DynamicRouting(Routing):
         squash: ``"sabour"`` or ``"efficient"``.
         num_in: Optional N_i check.
         num_out: Optional N_o check.
+        fused: Route with the fused CPU kernel (:mod:`capsule_kit.routing.fused`); same
+            results, the eager loop where it does not apply.
 
     """
 
@@ -119,13 +122,18 @@ class DynamicRouting(Routing):
         squash: str = "sabour",
         num_in: int | None = None,
         num_out: int | None = None,
+        fused: bool = False,
     ) -> None:
         super().__init__(num_in=num_in, num_out=num_out, iterations=iterations)
-        self.leaky = leaky
+        self.leaky, self.fused, self.efficient = leaky, fused, squash == "efficient"
         self.squash = get_squash(squash)
 
     def route(self, votes: Tensor, activations: Tensor | None) -> Routed:
         """Shapes: votes [B, N_i, N_o, D_o] -> poses [B, N_o, D_o], coupling [B, N_i, N_o]."""
+        if self.fused and fused.applies(votes, activations):
+            s, coupling = fused.fused_route(votes, self.iterations, leaky=self.leaky, efficient=self.efficient)
+            poses = self.squash(s)  # [B, N_o, D_o]
+            return Routed(poses, safe_norm(poses, dim=-1), coupling)
         u = route_major(votes)  # [B, N_o, N_i, D_o]
         u_detached = u.detach()
         batch, n_out, n_in, _ = u.shape
@@ -145,4 +153,4 @@ class DynamicRouting(Routing):
         return Routed(poses, safe_norm(poses, dim=-1), coupling.transpose(1, 2))
 
     def extra_repr(self) -> str:
-        return f"iterations={self.iterations}, leaky={self.leaky}"
+        return f"iterations={self.iterations}, leaky={self.leaky}" + (", fused=True" if self.fused else "")
