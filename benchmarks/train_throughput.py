@@ -9,10 +9,7 @@ error), batch 100 by default:
   ``python -m capsule_kit.run recipes/mnist.yaml`` builds them
   (capsule_kit.models.CapsNet: conv 256@9x9 -> PrimaryCaps 32x8D -> DigitCaps
   10x16D, 3 dynamic-routing iterations -> decoder 512-1024-784).
-* ``seed``: the seed's CapsuleNet, written here device-agnostic (no ``.cuda()``):
-  PrimaryCaps as ``view(B, -1, 8)``, DenseCaps with a [1, 1152, 160, 8, 1] weight
-  times ``u.repeat(...)`` summed over D_i, the routing loop with broadcasts, the
-  seed's squash and decoder.
+* ``seed``: the seed's CapsuleNet (benchmarks/seed_capsnet.py), device-agnostic.
 
 Each variant runs in a fresh subprocess (``--variant``), so its peak RSS
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss``, Linux KiB) is its own; the RSS
@@ -22,15 +19,27 @@ times (``time.process_time``, all threads of the process): on a machine shared
 with other busy processes the wall time also counts the waits for a time slice,
 which the CPU time does not. With ``--rounds`` > 1 the
 variants alternate (ours, seed, ours, seed, ...) and the medians pool all rounds,
-so load from other processes on a shared machine hits both alike. Ratios LAST.
+so load from other processes on a shared machine hits both alike; ratios are the
+median [min-max] of the per-round ratios. Ratios LAST.
+
+Roofline (``--roofline``): the ``ours`` process also times the same model's two
+convolutions alone (copies of conv1 and the PrimaryCaps conv, forward, backward
+and Adam on the same batch), interleaved step by step with the full step, and
+prints the full step's time over theirs: what the capsule parts (squash, votes,
+routing, decoder, loss) add. With ``--profile`` the per-op profile of our step is
+printed when that exceeds the 15 % aim. ``--threads-sweep 1 2`` times our step
+at each thread count instead (round by round), ``--compile`` runs our model
+through ``torch.compile`` as ``trainer.compile: true`` does.
 
     python benchmarks/train_throughput.py                          # 10 steps, batch 100
-    python benchmarks/train_throughput.py --steps 20 --rounds 2 --threads 1
+    python benchmarks/train_throughput.py --steps 20 --rounds 2 --threads 1 --roofline --profile
+    python benchmarks/train_throughput.py --variants ours --threads-sweep 1 2 --steps 3 --rounds 3
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import resource
@@ -46,6 +55,8 @@ from torch.nn import functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from seed_capsnet import SeedCapsuleNet  # noqa: E402
 
 from capsule_kit.losses import margin_loss, reconstruction_loss  # noqa: E402
 from capsule_kit.run import load_recipe  # noqa: E402
@@ -64,88 +75,18 @@ def default_threads() -> int:
     return 1 if os.getloadavg()[0] > cores else cores
 
 
-# -- the seed's layers (device-agnostic) -----------------------------------------------------------
-def seed_squash(inputs: Tensor, axis: int = -1) -> Tensor:
-    norm = torch.norm(inputs, dim=axis, keepdim=True)
-    scale = norm**2 / (1 + norm**2) / (norm + 1e-8)
-    return scale * inputs
-
-
-class SeedPrimaryCaps(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, dim_caps: int, kernel_size: int, stride: int) -> None:
-        super().__init__()
-        self.dim_caps = dim_caps
-        self.conv2d = nn.Conv2d(in_channels, out_channels, kernel_size=kernel_size, stride=stride)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return seed_squash(self.conv2d(x).view(x.size(0), -1, self.dim_caps))
-
-
-class SeedDenseCaps(nn.Module):
-    def __init__(self, in_num: int, in_dim: int, out_num: int, out_dim: int, iterations: int = 3) -> None:
-        super().__init__()
-        self.in_num, self.in_dim, self.out_num, self.out_dim, self.iterations = (
-            in_num,
-            in_dim,
-            out_num,
-            out_dim,
-            iterations,
-        )
-        self.weight = nn.Parameter(0.01 * torch.randn(1, in_num, out_num * out_dim, in_dim, 1))
-
-    def forward(self, u: Tensor) -> Tensor:
-        u_hat = u[:, :, None, :, None]
-        u_hat = self.weight * u_hat.repeat(1, 1, self.out_num * self.out_dim, 1, 1)
-        u_hat = torch.sum(u_hat, dim=3)
-        u_hat = torch.squeeze(u_hat.view(-1, self.in_num, self.out_num, self.out_dim, 1))
-        u_hat_for_route = u_hat.detach()
-        b = torch.zeros(u.size(0), self.in_num, self.out_num, device=u.device, dtype=u.dtype)  # seed: .cuda()
-        for i in range(self.iterations):
-            c = F.softmax(b, dim=2)
-            if i < self.iterations - 1:
-                outputs = seed_squash(torch.sum(torch.unsqueeze(c, 3) * u_hat_for_route, dim=1, keepdims=True))
-                b = b + torch.sum(outputs * u_hat_for_route, dim=-1)
-            else:
-                outputs = seed_squash(torch.sum(torch.unsqueeze(c, 3) * u_hat, dim=1, keepdims=True))
-        return torch.squeeze(outputs, dim=1)
-
-
-class SeedCapsuleNet(nn.Module):
-    def __init__(self, input_size: tuple[int, int, int] = (1, 28, 28), classes: int = 10, iterations: int = 3) -> None:
-        super().__init__()
-        self.input_size = input_size
-        self.conv1 = nn.Conv2d(input_size[0], 256, kernel_size=9, stride=1, padding=0)
-        self.primarycaps = SeedPrimaryCaps(256, 256, 8, kernel_size=9, stride=2)
-        self.digitcaps = SeedDenseCaps(32 * 6 * 6, 8, classes, 16, iterations)
-        self.reconstructor = nn.Sequential(
-            nn.Linear(16 * classes, 512),
-            nn.ReLU(inplace=True),
-            nn.Linear(512, 1024),
-            nn.ReLU(inplace=True),
-            nn.Linear(1024, input_size[0] * input_size[1] * input_size[2]),
-            nn.Sigmoid(),
-        )
-        self.relu = nn.ReLU()
-
-    def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        x = self.primarycaps(self.relu(self.conv1(x)))
-        x = self.digitcaps(x)
-        length = x.norm(dim=-1)
-        reconstruction = self.reconstructor((x * y[:, :, None]).view(x.size(0), -1))
-        return length, reconstruction.view(-1, *self.input_size)
-
-
 # -- one variant in this process -------------------------------------------------------------------
-def make_step(variant: str, batch: int):
+def make_step(variant: str, batch: int, compile_model: bool = False):
     """Model and a ``step(images uint8, labels) -> loss`` closure doing forward, backward and Adam."""
     if variant == "ours":
         cfg, task_cls = load_recipe(REPO / "recipes" / "mnist.yaml", [f"trainer.batch_size={batch}"])
         task = task_cls(cfg)
         model = task.build_model()
         opt = torch.optim.Adam(model.parameters(), lr=cfg.trainer.lr)
+        run_model = torch.compile(model) if compile_model else model  # as trainer.compile does
 
         def forward(x: Tensor, y: Tensor) -> Tensor:
-            return task.step(model, (x, y), train=True)["loss"]  # the runner's own step
+            return task.step(run_model, (x, y), train=True)["loss"]  # the runner's own step
 
     else:
         model = SeedCapsuleNet()
@@ -156,6 +97,10 @@ def make_step(variant: str, batch: int):
             lengths, recon = model(x, F.one_hot(y, 10).float())
             return margin_loss(lengths, y) + reconstruction_loss(recon, x, 0.0005)
 
+    return model, closure(forward, opt)
+
+
+def closure(forward, opt: torch.optim.Optimizer):
     def step(x: Tensor, y: Tensor) -> float:
         loss = forward(x, y)
         opt.zero_grad(set_to_none=True)
@@ -163,7 +108,28 @@ def make_step(variant: str, batch: int):
         opt.step()
         return float(loss.detach())
 
-    return model, step
+    return step
+
+
+def convs_step(model: nn.Module):
+    """The same model's two convolutions alone (copies): conv1 -> ReLU -> PrimaryCaps conv, backward, Adam.
+
+    The roofline of the CapsNet step: what remains when the capsule parts (squash,
+    votes, routing, decoder, margin loss) cost nothing.
+    """
+    conv1, conv2 = copy.deepcopy(model.conv1), copy.deepcopy(model.primary.conv)
+    opt = torch.optim.Adam([*conv1.parameters(), *conv2.parameters()], lr=1e-3)
+
+    def forward(x: Tensor, y: Tensor) -> Tensor:
+        return conv2(conv1(x.float() / 255).relu()).square().mean()  # no shift: leaves ours' RNG stream alone
+
+    return closure(forward, opt)
+
+
+def timed(step, x: Tensor, y: Tensor) -> tuple[float, float, float]:
+    t0, c0 = time.perf_counter(), time.process_time()
+    loss = step(x, y)
+    return time.perf_counter() - t0, time.process_time() - c0, loss
 
 
 def run_variant(args: argparse.Namespace) -> dict:
@@ -172,34 +138,65 @@ def run_variant(args: argparse.Namespace) -> dict:
     n = (args.warmup + args.steps) * args.batch
     images, labels = load_mnist(None, "train")
     images, labels = images[:n].clone(), labels[:n].clone()
-    model, step = make_step(args.variant, args.batch)
+    model, step = make_step(args.variant, args.batch, args.compile)
+    convs = convs_step(model) if args.variant == "ours" and args.roofline else None
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    times, cpu, losses = [], [], []
+    times, cpu, losses, conv_times = [], [], [], []
     for k in range(args.warmup + args.steps):
         x, y = images[k * args.batch : (k + 1) * args.batch], labels[k * args.batch : (k + 1) * args.batch]
-        t0, c0 = time.perf_counter(), time.process_time()
-        losses.append(step(x, y))
-        times.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    return {
+        wall, proc, loss = timed(step, x, y)
+        times.append(wall), cpu.append(proc), losses.append(loss)
+        if convs is not None:  # interleaved step by step: the same load hits both
+            conv_times.append(timed(convs, x, y)[:2])
+    out = {
         "variant": args.variant,
         "params": sum(p.numel() for p in model.parameters()),
         "times": times[args.warmup :],
         "cpu": cpu[args.warmup :],
+        "conv_times": conv_times[args.warmup :],
         "losses": [losses[0], losses[-1]],
         "rss_before_kib": rss_before,
         "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
     }
+    if args.profile and args.variant == "ours":
+        out["profile"] = profile_step(step, images[: args.batch], labels[: args.batch])
+    return out
+
+
+def profile_step(step, x: Tensor, y: Tensor, top: int = 12) -> list[str]:
+    """Self CPU time per op of two training steps: where the step goes beyond the convolutions."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step(x, y), step(x, y)
+    rows = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in rows)
+    lines = [
+        f"  {e.key[:40]:40s} {e.self_cpu_time_total / 2e3:7.1f} ms  {100 * e.self_cpu_time_total / total:5.1f} %"
+        for e in rows[:top]
+    ]
+    return [*lines, f"  total {total / 2e3:.1f} ms/step (under the profiler)"]
 
 
 # -- driver ----------------------------------------------------------------------------------------
-def spawn(variant: str, args: argparse.Namespace) -> dict:
+def spawn(variant: str, args: argparse.Namespace, threads: int) -> dict:
     cmd = [sys.executable, __file__, "--variant", variant, "--steps", str(args.steps), "--warmup", str(args.warmup)]
-    cmd += ["--batch", str(args.batch), "--threads", str(args.threads)]
+    cmd += ["--batch", str(args.batch), "--threads", str(threads)]
+    cmd += [
+        flag
+        for flag, on in (("--compile", args.compile), ("--roofline", args.roofline), ("--profile", args.profile))
+        if on
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:
         sys.exit(f"{variant} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def spread(pairs: list[tuple[float, float]]) -> str:
+    """``2.61x [2.40-2.85]``: median and range of per-round ratios a / b."""
+    r = [a / b for a, b in pairs]
+    return f"{statistics.median(r):.2f}x [{min(r):.2f}-{max(r):.2f}]"
 
 
 def main() -> None:
@@ -209,6 +206,11 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores, 1 if busy)")
     p.add_argument("--rounds", type=int, default=1, help="alternate the variants this many times")
+    p.add_argument("--variants", nargs="+", choices=["ours", "seed"], default=["ours", "seed"])
+    p.add_argument("--roofline", action="store_true", help="also time the model's two convolutions alone")
+    p.add_argument("--profile", action="store_true", help="print where our step goes, per op")
+    p.add_argument("--compile", action="store_true", help="torch.compile our model (as trainer.compile)")
+    p.add_argument("--threads-sweep", type=int, nargs="+", help="time ours at each of these thread counts instead")
     p.add_argument("--variant", choices=["ours", "seed"], help=argparse.SUPPRESS)  # child process
     args = p.parse_args()
     args.threads = args.threads or default_threads()
@@ -218,21 +220,70 @@ def main() -> None:
     print(
         f"CapsNet training, MNIST batch {args.batch}, Adam, margin + 0.0005 SSE; {args.steps} timed steps "
         f"after {args.warmup} warm-up, {args.rounds} round(s), {args.threads} thread(s), torch {torch.__version__}"
+        f"{', ours compiled' if args.compile else ''}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
     )
-    print("note: medians of per-step times. On a shared machine other processes' load stretches wall times (more")
-    print("      for many small ops than for a few big ones); CPU time (time.process_time, all threads) counts only")
-    print("      the cycles this process got, so its ratio is the steadier figure there")
-    runs: dict[str, list[dict]] = {"ours": [], "seed": []}
+    print("note: medians of per-step times; ratios: median [min-max] over rounds (every variant runs in each round).")
+    print("      CPU time counts only the cycles this process got: on a shared machine its ratio is the steadier one")
+    if args.threads_sweep:
+        return sweep_threads(args)
+    runs: dict[str, list[dict]] = {v: [] for v in args.variants}
     for _ in range(args.rounds):
         for variant in runs:
-            runs[variant].append(spawn(variant, args))
+            runs[variant].append(spawn(variant, args, args.threads))
     summary = {variant: report(variant, rs, args.batch) for variant, rs in runs.items()}
-    (t_ours, c_ours, m_ours), (t_seed, c_seed, m_seed) = summary["ours"], summary["seed"]
+    lines = []
+    if "seed" in runs and "ours" in runs:
+        rounds = list(zip(runs["seed"], runs["ours"]))
+        wall = spread([(statistics.median(s["times"]), statistics.median(o["times"])) for s, o in rounds])
+        cpu = spread([(statistics.median(s["cpu"]), statistics.median(o["cpu"])) for s, o in rounds])
+        rss = summary["seed"][2] / summary["ours"][2]
+        lines.append(
+            f"train throughput: speedup {wall} (img/s capsule-kit / seed style; target >= 2x), "
+            f"CPU-time speedup {cpu}, peak RSS ratio {rss:.2f}x (seed / capsule-kit)"
+        )
+    if args.roofline and "ours" in runs:
+        lines += roofline(runs["ours"])
     print()
+    print("\n".join(lines))
+
+
+def roofline(rs: list[dict]) -> list[str]:
+    """The CapsNet step against its two convolutions alone, timed step by step in the same process."""
+    pairs = [(t, c) for r in rs for t, (c, _) in zip(r["times"], r["conv_times"])]
+    cpu = sorted(t / c for r in rs for t, (_, c) in zip(r["cpu"], r["conv_times"]))
+    conv = statistics.median(c for _, c in pairs)
+    ratios = sorted(t / c for t, c in pairs)
+    med = statistics.median(ratios)
     print(
-        f"train throughput: speedup {t_seed / t_ours:.2f}x (img/s capsule-kit / seed style; target >= 2x), "
-        f"CPU-time speedup {c_seed / c_ours:.2f}x, peak RSS ratio {m_seed / m_ours:.2f}x (seed / capsule-kit)"
+        f"convs: {conv * 1e3:7.0f} ms/step (median; conv1 + PrimaryCaps conv, fwd+bwd+Adam, same batch, "
+        "interleaved step by step with ours)"
     )
+    if med > 1.15 and "profile" in rs[0]:
+        print("\nwhere our step goes (self CPU time per op, two steps under the profiler):")
+        print("\n".join(rs[0]["profile"]))
+    return [
+        f"roofline: CapsNet step / its two convolutions alone {med:.2f}x [{ratios[0]:.2f}-{ratios[-1]:.2f}] "
+        f"(capsule parts add {100 * (med - 1):.0f} %; target <= 15 %), in CPU time "
+        f"{statistics.median(cpu):.2f}x [{cpu[0]:.2f}-{cpu[-1]:.2f}]"
+    ]
+
+
+def sweep_threads(args: argparse.Namespace) -> None:
+    """Our step at each thread count in ``--threads-sweep``, the counts alternating round by round."""
+    runs: dict[int, list[dict]] = {t: [] for t in args.threads_sweep}
+    for _ in range(args.rounds):
+        for t in runs:
+            runs[t].append(spawn("ours", args, t))
+    for t, rs in runs.items():
+        report(f"{t}thr", rs, args.batch)
+    base = args.threads_sweep[0]
+    print()
+    for t in args.threads_sweep[1:]:
+        pairs = [(statistics.median(a["times"]), statistics.median(b["times"])) for a, b in zip(runs[t], runs[base])]
+        print(
+            f"threads: step time at {t} threads / at {base} thread(s) {spread(pairs)} (below 1: more threads help; "
+            f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
+        )
 
 
 def report(variant: str, rs: list[dict], batch: int) -> tuple[float, float, float]:
