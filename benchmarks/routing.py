@@ -14,6 +14,7 @@ and ``seed`` (up to ``--seed-max-batch``).
 
     python benchmarks/routing.py                         # B=64, dynamic routing, fp32
     python benchmarks/routing.py --sweep                 # B in 32, 64, 128, 256
+    python benchmarks/routing.py --batches 64 256 --profile
     python benchmarks/routing.py --routing em --dtype bf16 --repeats 9
 
 Seed style (the reference, written here device-agnostic): votes as
@@ -231,28 +232,32 @@ def fmt(ratio: tuple[float, float, float]) -> str:
 
 
 def profile_ours(args: argparse.Namespace, steps: int = 5) -> None:
-    """Per-op self time of our step (grouped by op and input shapes): what limits the gap to the floor."""
+    """Per-op self time of our steps (grouped by op and input shapes): what limits the gap to the floor."""
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
-    ours, _ = build(args.routing, args.iters, dtype)
+    variants = build(args, dtype, args.batch)
     u = (torch.randn(args.batch, N_I, D_I) * 0.3).to(dtype)
     grad_out = torch.randn(args.batch, N_O, D_O).to(dtype)
-    for _ in range(2):
-        step(ours, u, grad_out)
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-        for _ in range(steps):
-            step(ours, u, grad_out)
-    rows = sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: -e.self_cpu_time_total)
-    total = sum(e.self_cpu_time_total for e in rows)
-    print(f"\nwhere our B={args.batch} step goes (self CPU time per step, top ops; batch chunks show apart)")
-    for e in rows[:10]:
-        shapes = str(e.input_shapes)[:70]
-        print(f"  {e.key:22s} {e.self_cpu_time_total / steps / 1e3:6.2f} ms  {e.count // steps:3d} calls  {shapes}")
-    print(f"  total {total / steps / 1e3:.1f} ms/step")
+    for name in ("ours", "fused"):
+        if name not in variants:
+            continue
+        for _ in range(2):
+            step(variants[name], u, grad_out)
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            for _ in range(steps):
+                step(variants[name], u, grad_out)
+        rows = sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: -e.self_cpu_time_total)
+        total = sum(e.self_cpu_time_total for e in rows)
+        print(f"\nwhere {name}'s B={args.batch} step goes (self CPU time per step, top ops; batch chunks show apart)")
+        for e in rows[:8]:
+            shapes = str(e.input_shapes)[:70]
+            print(f"  {e.key:22s} {e.self_cpu_time_total / steps / 1e3:6.2f} ms  {e.count // steps:3d} calls  {shapes}")
+        print(f"  total {total / steps / 1e3:.1f} ms/step")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--batches", type=int, nargs="+", help="several batch sizes (instead of --batch)")
     p.add_argument("--iters", type=int, default=3, help="routing iterations (dynamic, em)")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
@@ -276,7 +281,7 @@ def main() -> None:
     )
     if load > cores and torch.get_num_threads() > 1:
         print("note: the machine is oversubscribed, so timings are noisy; compare with --threads 1")
-    batches = (32, 64, 128, 256) if args.sweep else (args.batch,)
+    batches = (32, 64, 128, 256) if args.sweep else (args.batches or [args.batch])
     lines = [line for b in batches for line in report(measure(b, args), args.dtype)]
     if args.profile:
         profile_ours(args)

@@ -27,8 +27,10 @@ REPO = Path(__file__).resolve().parents[1]
 BENCH = Path(__file__).resolve().parent
 
 TITLES = {
-    "train_throughput": "Training throughput: full Sabour CapsNet, capsule-kit vs. the seed's layers",
-    "routing": "DigitCaps forward+backward: DenseCaps + dynamic routing vs. the seed (benchmarks/routing.py)",
+    "train_throughput": "Training throughput: full Sabour CapsNet, capsule-kit vs. the seed's layers, and its roofline",
+    "threads": "Threads: our CapsNet training step at 1 and 2 torch threads (trainer.threads)",
+    "train_compile": "trainer.compile: our CapsNet training step eager and through torch.compile",
+    "routing": "DigitCaps forward+backward: DenseCaps + dynamic routing vs. the seed and einsum styles",
     "routing_bf16": "The same in bf16",
     "routing_em": "DigitCaps-sized EM routing vs. a broadcasting reference",
     "routing_attention": "DigitCaps-sized self-attention routing (Efficient-CapsNet) vs. a broadcasting reference",
@@ -167,17 +169,21 @@ gloo backend is used, on GPUs nccl.
 def commands(quick: bool, threads: int) -> dict[str, list[str]]:
     """Benchmark name -> argv (helper scripts that are missing are skipped)."""
     t = ["--threads", str(threads)]
+    steps = ["--steps", "2" if quick else "3", "--warmup", "1"]
     cmds = {
-        "train_throughput": ["--steps", "3" if quick else "4", "--warmup", "1", "--rounds", "1" if quick else "2", *t],
-        "routing": ["--repeats", "3" if quick else "5", "--sweep", "--profile", *t],
+        "train_throughput": [*steps, "--rounds", "2", "--roofline", "--profile", *t],
+        "threads": ["--variants", "ours", "--threads-sweep", "1", "2", *steps, "--rounds", "2" if quick else "3"],
+        "train_compile": ["--variants", "ours", "compiled", *steps, "--rounds", "1" if quick else "2", *t],
+        "routing": ["--repeats", "3" if quick else "5", "--batches", "64", "256", "--profile", *t],
         "routing_bf16": ["--dtype", "bf16", "--repeats", "3", *t],
-        "routing_em": ["--routing", "em", "--repeats", "3", "--sweep", *t],
-        "routing_attention": ["--routing", "attention", "--repeats", "3", "--sweep", *t],
+        "routing_em": ["--routing", "em", "--repeats", "3", *t],
+        "routing_attention": ["--routing", "attention", "--repeats", "3", *t],
         "routing_malloc": ["--repeats", "3" if quick else "5", *t],
         "em_routing": ["--batch", "8" if quick else "16", "--repeats", "3" if quick else "5", "--warmup", "1", *t],
         "param_counts": [],
     }
-    script = lambda name: "routing" if name.startswith("routing") else name  # noqa: E731  (routing_*: variants)
+    scripts = {"threads": "train_throughput", "train_compile": "train_throughput"}
+    script = lambda name: scripts.get(name, "routing" if name.startswith("routing") else name)  # noqa: E731
     return {name: [sys.executable, str(BENCH / f"{script(name)}.py"), *args] for name, args in cmds.items()}
 
 
@@ -227,7 +233,9 @@ def machine() -> dict[str, str]:
     return {
         "cpu": f"{model}, {os.cpu_count()} logical cores{mem}",
         "software": f"Python {platform.python_version()}, torch {torch.__version__}, {platform.platform()}",
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU only)",
+        "cuda": torch.cuda.get_device_name(0)
+        if torch.cuda.is_available()
+        else "none; every GPU figure is not measured (no GPU machine in this session)",
     }
 
 

@@ -28,8 +28,8 @@ and Adam on the same batch), interleaved step by step with the full step, and
 prints the full step's time over theirs: what the capsule parts (squash, votes,
 routing, decoder, loss) add. With ``--profile`` the per-op profile of our step is
 printed when that exceeds the 15 % aim. ``--threads-sweep 1 2`` times our step
-at each thread count instead (round by round), ``--compile`` runs our model
-through ``torch.compile`` as ``trainer.compile: true`` does.
+at each thread count instead (round by round), ``--variants ours compiled``
+compares our model eager and through ``torch.compile`` (as ``trainer.compile: true``).
 
     python benchmarks/train_throughput.py                          # 10 steps, batch 100
     python benchmarks/train_throughput.py --steps 20 --rounds 2 --threads 1 --roofline --profile
@@ -57,6 +57,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from seed_capsnet import SeedCapsuleNet  # noqa: E402
+from stats import profile_step, spread  # noqa: E402
 
 from capsule_kit.losses import margin_loss, reconstruction_loss  # noqa: E402
 from capsule_kit.run import load_recipe  # noqa: E402
@@ -64,26 +65,20 @@ from capsule_kit_tasks.digits.data import load_mnist, random_shift  # noqa: E402
 
 
 def default_threads() -> int:
-    """All cores, or 1 when other processes already oversubscribe them.
-
-    On an oversubscribed machine every multi-threaded op waits for its slowest
-    thread's next time slice, which slows many-op steps far more than a single
-    thread does (on the shared 2-core machine behind docs/performance.md the
-    CapsNet step took 2.5x longer with 2 threads than with 1).
-    """
+    """All cores, or 1 when other processes already oversubscribe them (measured: ``--threads-sweep``)."""
     cores = os.cpu_count() or 1
     return 1 if os.getloadavg()[0] > cores else cores
 
 
 # -- one variant in this process -------------------------------------------------------------------
-def make_step(variant: str, batch: int, compile_model: bool = False):
+def make_step(variant: str, batch: int):
     """Model and a ``step(images uint8, labels) -> loss`` closure doing forward, backward and Adam."""
-    if variant == "ours":
+    if variant in ("ours", "compiled"):
         cfg, task_cls = load_recipe(REPO / "recipes" / "mnist.yaml", [f"trainer.batch_size={batch}"])
         task = task_cls(cfg)
         model = task.build_model()
         opt = torch.optim.Adam(model.parameters(), lr=cfg.trainer.lr)
-        run_model = torch.compile(model) if compile_model else model  # as trainer.compile does
+        run_model = torch.compile(model) if variant == "compiled" else model  # as trainer.compile does
 
         def forward(x: Tensor, y: Tensor) -> Tensor:
             return task.step(run_model, (x, y), train=True)["loss"]  # the runner's own step
@@ -138,7 +133,7 @@ def run_variant(args: argparse.Namespace) -> dict:
     n = (args.warmup + args.steps) * args.batch
     images, labels = load_mnist(None, "train")
     images, labels = images[:n].clone(), labels[:n].clone()
-    model, step = make_step(args.variant, args.batch, args.compile)
+    model, step = make_step(args.variant, args.batch)
     convs = convs_step(model) if args.variant == "ours" and args.roofline else None
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     times, cpu, losses, conv_times = [], [], [], []
@@ -154,6 +149,7 @@ def run_variant(args: argparse.Namespace) -> dict:
         "times": times[args.warmup :],
         "cpu": cpu[args.warmup :],
         "conv_times": conv_times[args.warmup :],
+        "first_step": times[0],
         "losses": [losses[0], losses[-1]],
         "rss_before_kib": rss_before,
         "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
@@ -163,40 +159,15 @@ def run_variant(args: argparse.Namespace) -> dict:
     return out
 
 
-def profile_step(step, x: Tensor, y: Tensor, top: int = 12) -> list[str]:
-    """Self CPU time per op of two training steps: where the step goes beyond the convolutions."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        step(x, y), step(x, y)
-    rows = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
-    total = sum(e.self_cpu_time_total for e in rows)
-    lines = [
-        f"  {e.key[:40]:40s} {e.self_cpu_time_total / 2e3:7.1f} ms  {100 * e.self_cpu_time_total / total:5.1f} %"
-        for e in rows[:top]
-    ]
-    return [*lines, f"  total {total / 2e3:.1f} ms/step (under the profiler)"]
-
-
 # -- driver ----------------------------------------------------------------------------------------
 def spawn(variant: str, args: argparse.Namespace, threads: int) -> dict:
     cmd = [sys.executable, __file__, "--variant", variant, "--steps", str(args.steps), "--warmup", str(args.warmup)]
     cmd += ["--batch", str(args.batch), "--threads", str(threads)]
-    cmd += [
-        flag
-        for flag, on in (("--compile", args.compile), ("--roofline", args.roofline), ("--profile", args.profile))
-        if on
-    ]
+    cmd += [flag for flag, on in (("--roofline", args.roofline), ("--profile", args.profile)) if on]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:
         sys.exit(f"{variant} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def spread(pairs: list[tuple[float, float]]) -> str:
-    """``2.61x [2.40-2.85]``: median and range of per-round ratios a / b."""
-    r = [a / b for a, b in pairs]
-    return f"{statistics.median(r):.2f}x [{min(r):.2f}-{max(r):.2f}]"
 
 
 def main() -> None:
@@ -206,12 +177,11 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores, 1 if busy)")
     p.add_argument("--rounds", type=int, default=1, help="alternate the variants this many times")
-    p.add_argument("--variants", nargs="+", choices=["ours", "seed"], default=["ours", "seed"])
+    p.add_argument("--variants", nargs="+", choices=["ours", "seed", "compiled"], default=["ours", "seed"])
     p.add_argument("--roofline", action="store_true", help="also time the model's two convolutions alone")
     p.add_argument("--profile", action="store_true", help="print where our step goes, per op")
-    p.add_argument("--compile", action="store_true", help="torch.compile our model (as trainer.compile)")
     p.add_argument("--threads-sweep", type=int, nargs="+", help="time ours at each of these thread counts instead")
-    p.add_argument("--variant", choices=["ours", "seed"], help=argparse.SUPPRESS)  # child process
+    p.add_argument("--variant", choices=["ours", "seed", "compiled"], help=argparse.SUPPRESS)  # child process
     args = p.parse_args()
     args.threads = args.threads or default_threads()
     if args.variant:
@@ -220,7 +190,7 @@ def main() -> None:
     print(
         f"CapsNet training, MNIST batch {args.batch}, Adam, margin + 0.0005 SSE; {args.steps} timed steps "
         f"after {args.warmup} warm-up, {args.rounds} round(s), {args.threads} thread(s), torch {torch.__version__}"
-        f"{', ours compiled' if args.compile else ''}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+        f"; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
     )
     print("note: medians of per-step times; ratios: median [min-max] over rounds (every variant runs in each round).")
     print("      CPU time counts only the cycles this process got: on a shared machine its ratio is the steadier one")
@@ -240,6 +210,16 @@ def main() -> None:
         lines.append(
             f"train throughput: speedup {wall} (img/s capsule-kit / seed style; target >= 2x), "
             f"CPU-time speedup {cpu}, peak RSS ratio {rss:.2f}x (seed / capsule-kit)"
+        )
+    if "compiled" in runs and "ours" in runs:
+        rounds = [
+            (statistics.median(o["times"]), statistics.median(c["times"]))
+            for o, c in zip(runs["ours"], runs["compiled"])
+        ]
+        first = statistics.median(r["first_step"] for r in runs["compiled"])
+        lines.append(
+            f"compile: step time eager / torch.compile {spread(rounds)} (above 1: compiling helps; "
+            f"first step incl. compilation {first:.0f} s)"
         )
     if args.roofline and "ours" in runs:
         lines += roofline(runs["ours"])
