@@ -33,6 +33,7 @@ def test_wheel_has_no_generic_tasks_package(wheel_names):
     tops = {n.split("/")[0] for n in wheel_names if not n.split("/")[0].endswith((".dist-info", ".data"))}
     assert tops == {"capsule_kit", "capsule_kit_tasks"}
     assert "capsule_kit_tasks/digits/mnist/train-images-idx3-ubyte.gz" in wheel_names
+    assert "capsule_kit/routing/fused_kernel.cpp" in wheel_names  # built on first use of fused routing
 
 
 def test_wheel_declares_builtin_tasks_as_entry_points(wheel_names):
