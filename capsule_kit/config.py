@@ -50,9 +50,11 @@ class TrainerConfig(Strict):
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="Autocast precision (fp16 uses GradScaler on CUDA)."
     )
-    compile: bool = Field(False, description="torch.compile the model.")
+    compile: bool = Field(False, description="torch.compile the model (measured effect: docs/performance.md).")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice).")
+    threads: int | None = Field(
+        None, ge=1, description="torch CPU threads (default: torch's choice, all cores; 1 vs 2: docs/performance.md)."
+    )
     log_every: int = Field(50, ge=1, description="Write a metrics.jsonl line every N steps.")
     eval_every: int = Field(1, ge=1, description="Evaluate every N epochs.")
     test_weights: Literal["last", "best"] = Field(
