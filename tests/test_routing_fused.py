@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import sysconfig
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,9 +13,8 @@ from capsule_kit.layers import DenseCaps
 from capsule_kit.routing import DynamicRouting
 from capsule_kit.routing import fused as fused_routing
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("c++") is None and shutil.which("g++") is None, reason="the fused kernel needs a C++ compiler"
-)
+CAN_BUILD = shutil.which("c++") is not None and (Path(sysconfig.get_paths()["include"]) / "Python.h").exists()
+pytestmark = pytest.mark.skipif(not CAN_BUILD, reason="the fused kernel needs a C++ compiler and Python headers")
 
 
 def votes_input_major(b, n_in, n_out, d, dtype=torch.float64, seed=0):
@@ -93,3 +94,22 @@ def test_fused_falls_back_to_eager_where_it_does_not_apply():
     half = votes.to(torch.bfloat16)
     torch.testing.assert_close(DynamicRouting(fused=True)(half).poses, DynamicRouting()(half).poses, rtol=0, atol=0)
     assert "fused=True" in repr(DynamicRouting(fused=True))
+
+
+def test_without_a_compiler_fused_routing_warns_once_and_routes_eagerly(monkeypatch):
+    """Fault injection: the kernel build fails -> one warning, then the eager loop (same numbers)."""
+    import torch.utils.cpp_extension as ext
+
+    def broken(**_):
+        raise RuntimeError("no C++ compiler\nlong build log")
+
+    votes = votes_input_major(2, 5, 3, 4)
+    fused_routing.kernel.cache_clear()
+    monkeypatch.setattr(ext, "load_inline", broken)
+    try:
+        with pytest.warns(UserWarning, match=r"fused routing unavailable \(RuntimeError: no C\+\+ compiler\)"):
+            out = DynamicRouting(fused=True)(votes).poses
+        torch.testing.assert_close(out, DynamicRouting()(votes).poses, rtol=0, atol=0)
+        assert fused_routing.kernel() is None  # cached: no second build attempt, no second warning
+    finally:
+        fused_routing.kernel.cache_clear()  # the next user loads the built kernel again
