@@ -13,8 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-from capsule_kit.html import read_json, recorded_overrides
 from capsule_kit.metrics import labels, scalars
+from capsule_kit.report import read_json, recorded_overrides
 
 FIXED = ("run", "recipe", "task", "overrides", "params", "wall_s", "ex_per_s")
 

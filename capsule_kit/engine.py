@@ -19,12 +19,12 @@ from capsule_kit.checkpoint import rng_states, save_checkpoint
 from capsule_kit.config import TrainerConfig
 from capsule_kit.data import Splits, move_to
 from capsule_kit.distributed import DistInfo, ResumableSampler, broadcast
-from capsule_kit.html import write_report
 from capsule_kit.loaders import autocast, evaluate, loader_len, make_loader, unwrap
 from capsule_kit.meters import CheckpointClock, RunningSums, check_finite
 from capsule_kit.metrics import scalars
+from capsule_kit.plots import plot_curves
 from capsule_kit.progress import MetricsLog, Progress, add_pictures, banner, open_tensorboard, plan, run_facts, summary
-from capsule_kit.report import plot_curves
+from capsule_kit.report import write_report
 from capsule_kit.stop import StopFlag
 from capsule_kit.task import Task
 

@@ -26,9 +26,9 @@ from capsule_kit.determinism import configure_determinism
 from capsule_kit.distributed import DistInfo, barrier, broadcast, pick_device, setup_device, shutdown
 from capsule_kit.engine import Trainer, evaluate, make_loader, unwrap
 from capsule_kit.errors import CheckpointError, ConfigError, UserError
-from capsule_kit.html import read_json, write_report
 from capsule_kit.metrics import scalars
-from capsule_kit.report import plot_curves
+from capsule_kit.plots import standard_pictures
+from capsule_kit.report import read_json, write_report
 from capsule_kit.stop import Interrupted, StopFlag
 from capsule_kit.task import Task, resolve_task
 
@@ -239,7 +239,6 @@ def finish(task: Task, cfg: Recipe, trainer: Trainer, ctx: dict, wall: float) ->
     """Write pictures and results.json for a finished run."""
     run_dir, st = ctx["run_dir"], trainer.state
     model = unwrap(trainer.model)
-    plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png")
     extra = task.pictures(model, trainer.splits, run_dir, ctx["device"]) or {}
     results = {
         "name": cfg.name,
@@ -257,6 +256,7 @@ def finish(task: Task, cfg: Recipe, trainer: Trainer, ctx: dict, wall: float) ->
         "device": str(ctx["device"]),
         "extra": extra,
     }
+    standard_pictures(run_dir, results)
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
     write_report(run_dir)
     trainer.tensorboard_pictures()
@@ -305,6 +305,7 @@ def eval_checkpoint(
     atomic_write_text(run_dir / "recipe.yaml", dump_yaml(cfg))
     extra = task.pictures(model, splits, run_dir, device) or {}
     results = {"name": cfg.name, "task": cfg.task, "checkpoint": str(path), "test": metrics, "extra": extra}
+    standard_pictures(run_dir, results)
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
     write_report(run_dir)
     print(json.dumps({"test": scalars(metrics), "run_dir": str(run_dir)}, indent=2))
@@ -338,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cli() -> None:
-    """Console script ``capsule-kit``."""
+    """Console script ``capsule-kit`` (and ``python -m capsule_kit.run``)."""
     sys.exit(main())
 
 
