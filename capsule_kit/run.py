@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import sys
@@ -340,7 +341,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def cli() -> None:
     """Console script ``capsule-kit`` (and ``python -m capsule_kit.run``)."""
+    passive_openmp()
     sys.exit(main())
+
+
+def passive_openmp() -> None:
+    """Run this command with ``OMP_WAIT_POLICY=PASSIVE`` unless the user chose a policy.
+
+    Idle OpenMP threads that spin steal time slices from the working ones whenever the CPU is
+    shared (measured 3-10x slower training on a busy 2-core machine). OpenMP reads the policy
+    only when torch loads it, before this runs, so the command restarts itself once with it set.
+    The library itself (``import capsule_kit``) leaves the environment alone.
+    """
+    if "OMP_WAIT_POLICY" not in os.environ:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        os.execv(sys.executable, [sys.executable, "-m", "capsule_kit.run", *sys.argv[1:]])
 
 
 if __name__ == "__main__":
