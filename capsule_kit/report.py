@@ -100,7 +100,7 @@ def pictures_in(run_dir: Path) -> list[Path]:
 def _figure(path: Path, caption: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     name = html.escape(path.name)
-    img = f'<img alt="{name}" data-file="{name}" title="click to enlarge" src="data:image/png;base64,{data}">'
+    img = f'<img alt="{name}" data-file="{name}" src="data:image/png;base64,{data}" title="click to enlarge">'
     return f"<figure>{img}<figcaption><b>{name}</b>: {html.escape(caption)}</figcaption></figure>"
 
 
