@@ -137,11 +137,19 @@ def per_class(results: dict) -> str:
     return "<h2>Per class (test)</h2>" + _grid(head, rows)
 
 
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        out.update(_flat(v, f"{prefix}{k} ") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
 def _data_sizes(results: dict) -> str:
+    """Dataset sizes and facts (``Splits.info``, saved as results.json ``data``), nested keys joined."""
     data = results.get("data")
     if not isinstance(data, dict) or not data:
         return ""
-    shown = {k: v for k, v in data.items() if isinstance(v, (int, float, str, bool)) or isinstance(v, list)}
+    shown = {k: v for k, v in _flat(data).items() if isinstance(v, (int, float, str, bool, list))}
     return "<h2>Data</h2>" + _table(shown)
 
 

@@ -53,7 +53,7 @@ def run_dir(tmp_path):
         "steps": 4,
         "train_examples_per_s": 1234.56,
         "test": {"accuracy": 0.8, "error": 0.2, "confusion_matrix": CM, "per_class_accuracy": [0.83, 0.7, 1.0]},
-        "data": {"train": 54000, "val": 6000, "test": 10000},
+        "data": {"train": 54000, "val": 6000, "sizes": {"test": 10000}},
         "extra": {"labels": ["cat", "dog", "eel"], "captions": {"mine.png": "What my task draws."}},
     }
     (tmp_path / "results.json").write_text(json.dumps(results))
@@ -92,7 +92,7 @@ def test_per_class_table_data_sizes_and_version(run_dir):
     assert cells[:5] == ["0", "cat", "6", f"{5 / 7:.4f}", f"{5 / 6:.4f}"]  # precision 5/(5+2), recall 5/6
     assert cells[5:10] == ["1", "dog", "10", f"{7 / 8:.4f}", f"{7 / 10:.4f}"]
     data = text.split("<h2>Data</h2>")[1].split("</table>")[0]
-    assert ">54,000<" in data and ">6,000<" in data and ">10,000<" in data
+    assert ">54,000<" in data and ">6,000<" in data and "<th>sizes test</th><td class=n>10,000<" in data
     assert f"capsule-kit {report.version()}" in text and report.version() != "unknown"
 
 
