@@ -194,7 +194,7 @@ def write_report(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     results, env = read_json(run_dir / "results.json"), read_json(run_dir / "run.json")
     recipe = (run_dir / "recipe.yaml").read_text() if (run_dir / "recipe.yaml").exists() else ""
-    keys = ("torch", "python", "device", "threads", "platform", "started")
+    keys = ("torch", "python", "device", "threads", "omp_wait_policy", "platform", "started")
     env_rows = {"capsule-kit (this page)": version()}
     env_rows.update({k: v for k, v in env.items() if k.startswith(("capsule", "git", "version"))})
     env_rows.update({k: env[k] for k in keys if k in env})

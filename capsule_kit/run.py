@@ -275,6 +275,7 @@ def environment(device: torch.device, argv: list[str] | None, overrides: list[st
         "python": platform.python_version(),
         "device": str(device),
         "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "platform": platform.platform(),
         "started": datetime.now().isoformat(timespec="seconds"),
     }
@@ -345,14 +346,20 @@ def cli() -> None:
     sys.exit(main())
 
 
+NO_COMPUTE = frozenset({"--validate", "-h", "--help", "--version"})
+
+
 def passive_openmp() -> None:
     """Run this command with ``OMP_WAIT_POLICY=PASSIVE`` unless the user chose a policy.
 
     Idle OpenMP threads that spin steal time slices from the working ones whenever the CPU is
     shared (measured 3-10x slower training on a busy 2-core machine). OpenMP reads the policy
     only when torch loads it, before this runs, so the command restarts itself once with it set.
-    The library itself (``import capsule_kit``) leaves the environment alone.
+    The library itself (``import capsule_kit``) leaves the environment alone. Commands that
+    train nothing (``--validate``, ``--help``, ``--version``) skip the restart (a second torch import).
     """
+    if not NO_COMPUTE.isdisjoint(sys.argv[1:]):
+        return
     if "OMP_WAIT_POLICY" not in os.environ:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
         os.execv(sys.executable, [sys.executable, "-m", "capsule_kit.run", *sys.argv[1:]])
