@@ -1,19 +1,23 @@
-"""capsule-kit: capsule networks across domains on one device-agnostic torch core."""
+"""capsule-kit: capsule networks across domains on one device-agnostic torch core.
 
-import os
+Importing the library changes no process-wide setting; the runner's command line
+(:func:`capsule_kit.run.cli`) sets ``OMP_WAIT_POLICY=PASSIVE`` for training runs.
+"""
 
-# Idle OpenMP worker threads that spin steal time slices from the working threads whenever the
-# CPU is shared (measured 3-10x slower training on a busy 2-core machine). Only effective when
-# capsule_kit is imported before torch (as by `python -m capsule_kit.run`); an explicit
-# OMP_WAIT_POLICY wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from capsule_kit import routing  # noqa: E402
+from capsule_kit import routing
 from capsule_kit.config import Recipe, Strict, TrainerConfig
 from capsule_kit.data import Splits, TensorPairs, cache_dir, data_root
 from capsule_kit.errors import CheckpointError, ConfigError, DataError, UserError
 from capsule_kit.functional import lengths, safe_norm, squash, squash_efficient
-from capsule_kit.layers import CapsuleDecoder, ConvCaps, DenseCaps, PrimaryCaps, PrimaryMatrixCaps, mask_capsules
+from capsule_kit.layers import (
+    CapsuleDecoder,
+    ConvCaps,
+    DenseCaps,
+    PrimaryCaps,
+    PrimaryCaps1d,
+    PrimaryMatrixCaps,
+    mask_capsules,
+)
 from capsule_kit.losses import margin_loss, reconstruction_loss, spread_loss, spread_margin
 from capsule_kit.models import CapsNet, CapsOutput, EfficientCapsNet, MatrixCapsNet
 from capsule_kit.registry import MODELS, ROUTING, TASKS, Registry
@@ -57,6 +61,7 @@ __all__ = [
     "MODELS",
     "MatrixCapsNet",
     "PrimaryCaps",
+    "PrimaryCaps1d",
     "PrimaryMatrixCaps",
     "ROUTING",
     "Registry",

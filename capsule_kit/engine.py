@@ -19,14 +19,15 @@ from capsule_kit.checkpoint import rng_states, save_checkpoint
 from capsule_kit.config import TrainerConfig
 from capsule_kit.data import Splits, move_to
 from capsule_kit.distributed import DistInfo, ResumableSampler, broadcast
-from capsule_kit.html import write_report
 from capsule_kit.loaders import autocast, evaluate, loader_len, make_loader, unwrap
 from capsule_kit.meters import CheckpointClock, RunningSums, check_finite
 from capsule_kit.metrics import scalars
-from capsule_kit.progress import MetricsLog, Progress, add_pictures, banner, open_tensorboard, plan, run_facts, summary
-from capsule_kit.report import plot_curves
+from capsule_kit.plots import plot_curves
+from capsule_kit.progress import MetricsLog, Progress, banner, plan, run_facts, summary
+from capsule_kit.report import write_report
 from capsule_kit.stop import StopFlag
 from capsule_kit.task import Task
+from capsule_kit.tensorboard import TensorBoardLog
 
 __all__ = ["LoopState", "Trainer", "evaluate", "make_loader", "unwrap"]
 
@@ -87,7 +88,10 @@ class Trainer:
         self.metrics_file = run_dir / "metrics.jsonl"
         self.metrics = MetricsLog(self.metrics_file, info.main)
         self.sums, self.clock = RunningSums(device), CheckpointClock(cfg.checkpoint_every)
-        self.writer = self._tensorboard() if info.main and cfg.tensorboard else None
+        self.writer = None
+        if info.main and cfg.tensorboard:  # cross-validation: one TensorBoard run per fold
+            fold, recipe = int(extra_state.get("fold", 0)), extra_state.get("config")
+            self.writer = TensorBoardLog(run_dir, fold=fold, recipe=recipe)
 
     # -- state -----------------------------------------------------------------
     def checkpoint_payload(self, rng: dict) -> dict:
@@ -283,15 +287,9 @@ class Trainer:
             return
         self.metrics.write(row)
         if self.writer is not None:
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and k not in ("step", "epoch"):
-                    self.writer.add_scalar(f"{row['kind']}/{k}", v, row["step"])
-
-    def _tensorboard(self):
-        fold = int(self.extra.get("fold", 0))  # cross-validation: one TensorBoard run per fold
-        return open_tensorboard(self.run_dir / "tb" / (f"fold_{fold}" if fold else ""))
+            self.writer.log(row)
 
     def tensorboard_pictures(self) -> None:
-        """Add the run directory's PNG pictures to TensorBoard as images, then close the writer."""
+        """Finish TensorBoard: hparams with the final metrics, the PNG pictures; close the writer."""
         if self.writer is not None:
-            add_pictures(self.writer, self.run_dir, self.state.step)
+            self.writer.finish(self.state.step)

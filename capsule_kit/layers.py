@@ -1,12 +1,16 @@
-"""Capsule layers: primary capsules, dense (class) capsules, matrix ConvCaps, masking, decoder.
+"""Capsule layers: primary capsules (images and sequences) and dense (class) capsules.
 
-Shapes (docs/notation.md): B batch, N_i / N_o input / output capsules,
-D_i / D_o capsule dims, H, W image size, T capsule types.
+The matrix-capsule layers live in :mod:`capsule_kit.matrix_caps`, masking and the decoder
+in :mod:`capsule_kit.decoder`; all are importable from here (``from capsule_kit.layers
+import ConvCaps``). Each layer checks its input shape and names itself and the expected
+shape when it is wrong.
+
+Shapes (docs/notation.md): B batch, F feature channels, N_i / N_o input / output capsules,
+D_i / D_o capsule dims, H, W image size, L sequence length, T capsule types.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import warnings
@@ -14,9 +18,24 @@ import warnings
 import torch
 from torch import Tensor, nn
 
+from capsule_kit.decoder import CapsuleDecoder, mask_capsules
 from capsule_kit.errors import ConfigError
-from capsule_kit.functional import get_squash, safe_norm
+from capsule_kit.functional import get_squash
+from capsule_kit.matrix_caps import ConvCaps, PrimaryMatrixCaps
 from capsule_kit.routing import Routed, build
+from capsule_kit.shapes import expect_shape
+
+__all__ = [
+    "CapsuleDecoder",
+    "ConvCaps",
+    "DenseCaps",
+    "PrimaryCaps",
+    "PrimaryCaps1d",
+    "PrimaryMatrixCaps",
+    "mask_capsules",
+    "parse_bytes",
+    "vote_budget",
+]
 
 # Default vote-chunk size on CPU. Blocks above glibc's 32 MiB mmap ceiling are mmapped and
 # page-faulted afresh on every call, which costs more than the routing maths; smaller
@@ -88,6 +107,8 @@ class PrimaryCaps(nn.Module):
 
     """
 
+    legend = "[B, F, H, W]"  # the input's shape; PrimaryCaps1d: [B, F, L]
+
     def __init__(
         self,
         in_channels: int,
@@ -100,16 +121,41 @@ class PrimaryCaps(nn.Module):
         squash: str = "sabour",
     ) -> None:
         super().__init__()
-        self.num_types, self.dim = num_types, dim
-        self.conv = nn.Conv2d(in_channels, num_types * dim, kernel_size, stride=stride, groups=groups)
+        self.num_types, self.dim, self.in_channels = num_types, dim, in_channels
+        conv = nn.Conv1d if self.legend == "[B, F, L]" else nn.Conv2d
+        self.conv = conv(in_channels, num_types * dim, kernel_size, stride=stride, groups=groups)
         self.squash = get_squash(squash)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Shapes: x [B, C, H, W] -> capsules [B, T*H'*W', D]."""
-        out = self.conv(x)  # [B, T*D, H', W']
-        b, _, h, w = out.shape
-        out = out.view(b, self.num_types, self.dim, h, w).permute(0, 1, 3, 4, 2)  # [B, T, H', W', D]
-        return self.squash(out.reshape(b, self.num_types * h * w, self.dim))
+        """Shapes: x [B, F, H, W] -> capsules [B, T*H'*W', D] (PrimaryCaps1d: x [B, F, L] -> [B, T*L', D])."""
+        name = f"{type(self).__name__}(in_channels={self.in_channels})"
+        expect_shape(name, "x", x, self.legend, F=self.in_channels)
+        out = self.conv(x)  # [B, T*D, H', W'] or [B, T*D, L']
+        b, positions = out.shape[0], out.shape[2:]
+        out = out.view(b, self.num_types, self.dim, -1).transpose(2, 3)  # [B, T, H'*W' or L', D]
+        return self.squash(out.reshape(b, self.num_types * positions.numel(), self.dim))
+
+
+class PrimaryCaps1d(PrimaryCaps):
+    """Primary capsules over sequences (tokens, time steps): a 1-D convolution -> capsules, then squash.
+
+    The sequence counterpart of :class:`PrimaryCaps`, with the same arguments (``kernel_size``
+    and ``stride`` along the sequence) and the same type-major order ``[B, T*D, L'] ->
+    [B, T*L', D]``, so ``DenseCaps(shared="positions", types=T)`` shares a transform per type.
+
+    Shapes:
+        x: [B, F, L] (F: channels, e.g. an embedding dimension; L: sequence length)
+        returns: [B, T*L', D], L' = (L - kernel_size) // stride + 1
+
+    Example:
+        >>> import torch
+        >>> caps = PrimaryCaps1d(16, num_types=4, dim=8, kernel_size=3, stride=1)
+        >>> caps(torch.randn(2, 16, 10)).shape
+        torch.Size([2, 32, 8])
+
+    """
+
+    legend = "[B, F, L]"
 
 
 class DenseCaps(nn.Module):
@@ -190,6 +236,10 @@ class DenseCaps(nn.Module):
 
     def forward(self, u: Tensor, activations: Tensor | None = None) -> Routed:
         """Shapes: u [B, N_i, D_i], activations [B, N_i] -> Routed(poses [B, N_o, D_o], ...)."""
+        name = f"DenseCaps(num_in={self.num_in}, dim_in={self.dim_in})"
+        expect_shape(name, "u", u, "[B, N_i, D_i]", N_i=self.num_in, D_i=self.dim_in)
+        if activations is not None:
+            expect_shape(name, "activations", activations, "[B, N_i]", B=u.shape[0], N_i=self.num_in)
         batch, chunk = u.shape[0], self._chunk(u)
         if chunk >= batch:
             return self.routing(self.votes(u), activations)
@@ -212,140 +262,3 @@ class DenseCaps(nn.Module):
             )
         limit = budget if self.max_vote_bytes is not None else vote_limit(u.device, budget)
         return min(u.shape[0], max(1, limit // per_sample))
-
-
-class PrimaryMatrixCaps(nn.Module):
-    """Primary matrix capsules (Hinton 2018): 1x1 conv to 4x4 poses and sigmoid activations.
-
-    Shapes:
-        x: [B, C, H, W] -> poses [B, H, W, T, 16], activations [B, H, W, T]
-    """
-
-    def __init__(self, in_channels: int, num_types: int, pose: int = 4) -> None:
-        super().__init__()
-        self.num_types, self.pose_dim = num_types, pose * pose
-        self.pose = nn.Conv2d(in_channels, num_types * self.pose_dim, 1)
-        self.act = nn.Conv2d(in_channels, num_types, 1)
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Shapes: x [B, C, H, W] -> poses [B, H, W, T, P*P], activations [B, H, W, T] in (0, 1)."""
-        b, _, h, w = x.shape
-        poses = self.pose(x).view(b, self.num_types, self.pose_dim, h, w).permute(0, 3, 4, 1, 2)
-        return poses.contiguous(), torch.sigmoid(self.act(x)).permute(0, 2, 3, 1).contiguous()
-
-
-class ConvCaps(nn.Module):
-    """Convolutional matrix-capsule layer with EM routing (Hinton 2018).
-
-    Each output position routes the K*K*T_in capsules of its receptive field to
-    T_out capsules (positions are routed independently, as in the public
-    reimplementations). With ``class_caps=True`` the layer is the class capsule
-    layer: transforms are shared over all positions, every position votes for
-    every class, and the scaled (row, column) of each position is added to the
-    first two entries of the right-hand column of the vote (coordinate addition).
-
-    Args:
-        in_types: Input capsule types T_in.
-        out_types: Output capsule types T_out (classes for ``class_caps``).
-        kernel_size: Receptive field K (ignored for ``class_caps``).
-        stride: Stride.
-        iterations: EM iterations.
-        class_caps: Build the class capsule layer.
-
-    """
-
-    def __init__(
-        self,
-        in_types: int,
-        out_types: int,
-        *,
-        kernel_size: int = 3,
-        stride: int = 1,
-        iterations: int = 3,
-        class_caps: bool = False,
-    ) -> None:
-        super().__init__()
-        self.k, self.stride, self.class_caps = (1 if class_caps else kernel_size), stride, class_caps
-        n_in = in_types * self.k * self.k
-        self.weight = nn.Parameter(torch.randn(n_in, out_types, 4, 4) * 0.5)  # [K*K*T_in, T_out, 4, 4]
-        self.routing = build("em", num_out=out_types, iterations=iterations)
-
-    def _patches(self, x: Tensor) -> Tensor:
-        """[B, H, W, T, ...] -> [B, H', W', K*K*T, ...] receptive fields."""
-        k, s = self.k, self.stride
-        x = x.unfold(1, k, s).unfold(2, k, s)  # [B, H', W', T, ..., K, K]
-        x = x.movedim(-2, 3).movedim(-1, 4)  # [B, H', W', K, K, T, ...]
-        return x.reshape(*x.shape[:3], -1, *x.shape[6:])
-
-    def forward(self, poses: Tensor, activations: Tensor) -> tuple[Tensor, Tensor]:
-        """Shapes: poses [B, H, W, T_in, 16], activations [B, H, W, T_in]
-        -> poses [B, H', W', T_out, 16] (class caps: [B, T_out, 16]), activations likewise.
-        """
-        b, h, w = poses.shape[:3]
-        if self.class_caps:
-            p, a = poses.reshape(b, h * w, -1, 4, 4), activations.reshape(b, h * w, -1)
-            votes = torch.einsum("bptxy,toyz->bptoxz", p, self.weight.view(-1, *self.weight.shape[1:]))
-            votes = self._add_coordinates(votes.reshape(*votes.shape[:4], 16), h, w)
-            out = self.routing(votes.reshape(b, -1, votes.shape[3], 16), a.reshape(b, -1))
-            return out.poses, out.activations
-        p, a = self._patches(poses), self._patches(activations)  # [B, H', W', N_i, 16], [B, H', W', N_i]
-        ho, wo, n_in = p.shape[1], p.shape[2], p.shape[3]
-        votes = torch.einsum("bnixy,ioyz->bnioxz", p.reshape(-1, ho * wo, n_in, 4, 4), self.weight)
-        out = self.routing(votes.reshape(b * ho * wo, n_in, -1, 16), a.reshape(b * ho * wo, n_in))
-        return out.poses.view(b, ho, wo, -1, 16), out.activations.view(b, ho, wo, -1)
-
-    @staticmethod
-    def _add_coordinates(votes: Tensor, h: int, w: int) -> Tensor:
-        """Coordinate addition. Shapes: votes [B, H*W, T, N_o, 16]."""
-        rows = (torch.arange(h, device=votes.device, dtype=votes.dtype) + 0.5) / h
-        cols = (torch.arange(w, device=votes.device, dtype=votes.dtype) + 0.5) / w
-        coords = torch.zeros(h, w, 16, device=votes.device, dtype=votes.dtype)
-        coords[..., 3], coords[..., 7] = rows[:, None].expand(h, w), cols[None, :].expand(h, w)
-        return votes + coords.view(1, h * w, 1, 1, 16)
-
-
-def mask_capsules(poses: Tensor, y: Tensor | None = None, k: int = 1) -> Tensor:
-    """Zero all capsules but the selected ones.
-
-    Args:
-        poses: [B, N, D] capsule poses.
-        y: [B] class indices or [B, N] one/multi-hot mask; None selects the ``k``
-            longest capsules (k = 2 for MultiMNIST).
-        k: Number of longest capsules kept when ``y`` is None.
-
-    Returns:
-        [B, N, D] masked poses.
-
-    """
-    if y is None:
-        top = safe_norm(poses.detach(), dim=-1).topk(k, dim=-1).indices
-        mask = torch.zeros(poses.shape[:2], device=poses.device, dtype=poses.dtype).scatter_(1, top, 1.0)
-    elif y.dim() == 1:
-        mask = nn.functional.one_hot(y.long(), poses.shape[1]).to(poses.dtype)
-    else:
-        mask = y.to(poses.dtype)
-    return poses * mask.unsqueeze(-1)
-
-
-class CapsuleDecoder(nn.Module):
-    """Fully connected reconstruction decoder (Sabour: 512-1024-out, sigmoid).
-
-    Args:
-        in_features: Flattened masked capsules (N_o * D_o).
-        out_shape: Shape of one reconstruction, e.g. ``(1, 28, 28)``.
-        hidden: Hidden layer widths.
-
-    """
-
-    def __init__(self, in_features: int, out_shape: tuple[int, ...], hidden: tuple[int, ...] = (512, 1024)) -> None:
-        super().__init__()
-        self.out_shape = tuple(out_shape)
-        dims, layers = (in_features, *hidden), []
-        for a, b in zip(dims[:-1], dims[1:]):
-            layers += [nn.Linear(a, b), nn.ReLU(inplace=True)]
-        layers += [nn.Linear(dims[-1], math.prod(self.out_shape)), nn.Sigmoid()]
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, masked: Tensor) -> Tensor:
-        """Shapes: masked [B, N_o, D_o] -> reconstruction [B, *out_shape]."""
-        return self.net(masked.flatten(1)).view(masked.shape[0], *self.out_shape)

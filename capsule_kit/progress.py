@@ -191,24 +191,3 @@ class MetricsLog:
         if self.enabled and self.path.exists() and self.path.stat().st_size > size:
             with self.path.open("r+b") as f:
                 f.truncate(size)
-
-
-def open_tensorboard(folder: Path):
-    """A TensorBoard SummaryWriter for ``folder``; ConfigError when tensorboard is missing."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        from capsule_kit.errors import ConfigError
-
-        raise ConfigError("trainer.tensorboard: needs tensorboard (pip install 'capsule-kit[tb]')") from None
-    return SummaryWriter(str(folder))
-
-
-def add_pictures(writer: Any, run_dir: Path, step: int) -> None:
-    """Add the run directory's PNG pictures to TensorBoard as images, then close the writer."""
-    from matplotlib.image import imread
-
-    for png in sorted(run_dir.glob("*.png")):
-        image = imread(png)[..., :3]  # [H, W, 3] floats in [0, 1] (alpha dropped)
-        writer.add_image(f"pictures/{png.stem}", image, step, dataformats="HWC")
-    writer.close()

@@ -1,19 +1,27 @@
-"""Digits figures: reconstructions, Sabour Fig. 4 perturbations, MultiMNIST overlays, confusion matrix."""
+"""Digits figures: reconstructions, Sabour Fig. 4 perturbations, MultiMNIST overlays.
+
+The confusion matrix is one of the runner's standard pictures (capsule_kit.plots).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import torch
+from torch import Tensor, nn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
+from capsule_kit.layers import mask_capsules
+from capsule_kit.plots import plt
 
-from capsule_kit.layers import mask_capsules  # noqa: E402
-from capsule_kit.report import plot_confusion  # noqa: E402
+CAPTIONS = {  # shown under each picture in report.html
+    "reconstructions.png": "Test digits (top row) and their reconstructions by the decoder from the "
+    "masked class capsule (bottom row).",
+    "perturbations.png": "Sabour et al. Fig. 4: each row decodes a test digit's class capsule with one "
+    "dimension swept over [-0.25, 0.25] in 11 steps; what a dimension encodes shows as a change of stroke.",
+    "multimnist_reconstructions.png": "MultiMNIST: overlapping test digits (top) and the two most active "
+    "capsules decoded separately, overlaid in red (1st) and green (2nd).",
+}
 
 
 def _grid(rows: list[Tensor], titles: list[str], out: Path, cmap: str | None = "gray") -> Path:
@@ -70,9 +78,7 @@ def digits_pictures(task: Any, model: nn.Module, data: Any, run_dir: Path, devic
             )
         )
         made.append(perturbation_figure(model, x[:2], y[:2], run_dir / "perturbations.png"))
-    if getattr(task, "last_metrics", None) and "confusion_matrix" in task.last_metrics:
-        made.append(confusion_picture(task.last_metrics, run_dir))
-    return {"pictures": [p.name for p in made]}
+    return {"pictures": [p.name for p in made], "captions": CAPTIONS}
 
 
 @torch.no_grad()
@@ -88,9 +94,3 @@ def multimnist_figure(model: nn.Module, x: Tensor, y: Tensor, out: Path) -> Path
         "reconstruction: red = 1st, green = 2nd (pred " + ", ".join(f"{a}{b}" for a, b in top2.tolist()) + ")",
     ]
     return _grid([x.squeeze(1).cpu(), overlay], titles, out)
-
-
-def confusion_picture(metrics: dict, run_dir: Path) -> Path | None:
-    """Confusion matrix PNG from test metrics (MNIST)."""
-    cm = metrics.get("confusion_matrix")
-    return plot_confusion(cm, [str(i) for i in range(len(cm))], run_dir / "confusion.png") if cm else None

@@ -212,7 +212,7 @@ class GraphTask(Task):
         """Confusion matrix of the last evaluation pass (the test fold)."""
         if not self._last.get("confusion_matrix"):
             return {}
-        from capsule_kit.report import plot_confusion
+        from capsule_kit.plots import plot_confusion
 
         cm = self._last["confusion_matrix"]
         path = plot_confusion(cm, [str(i) for i in range(len(cm))], Path(run_dir) / "confusion.png",
@@ -221,14 +221,14 @@ class GraphTask(Task):
 
     def summarize_folds(self, fold_results: list[dict], run_dir: Path) -> dict[str, Any]:
         """Box plot + per-fold bars of the test accuracy; returns the per-fold accuracies."""
-        from capsule_kit_tasks.graphs.plots import plot_folds
+        from capsule_kit.plots import plot_folds
 
         accs = [float(r.get("accuracy", r.get("test_accuracy", float("nan")))) for r in fold_results]
         path = plot_folds(accs, Path(run_dir) / "cv_accuracy.png", title=f"CapsGNN on {self.cfg.data.name}")
         out = {"cv_plot": path.name, "fold_accuracy": accs}
         cms = [torch.tensor(r["confusion_matrix"]) for r in fold_results if r.get("confusion_matrix")]
         if cms and all(cm.shape == cms[0].shape for cm in cms):  # every graph is in exactly one test fold
-            from capsule_kit.report import plot_confusion
+            from capsule_kit.plots import plot_confusion
 
             total = sum(cms).tolist()
             plot_confusion(total, [str(i) for i in range(len(total))], Path(run_dir) / "confusion_all_folds.png",

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from capsule_kit.data import Splits
-from capsule_kit.report import plot_confusion
+from capsule_kit.plots import plot_confusion
 from capsule_kit_tasks.points.chamfer import chamfer_distance
 from capsule_kit_tasks.points.data import CloudDataset
 from capsule_kit_tasks.points.io import write_ply
@@ -37,6 +37,14 @@ def capsule_colors(num_caps: int) -> np.ndarray:
     hues = (np.arange(num_caps) * 0.618033988749895) % 1.0  # golden-ratio steps
     hsv = np.stack([hues, np.full(num_caps, 0.85), np.where(np.arange(num_caps) % 2, 0.95, 0.7)], 1)
     return matplotlib.colors.hsv_to_rgb(hsv)
+
+
+CAPTIONS = {  # shown under each picture in report.html
+    "reconstructions.png": "Test point clouds (top) and their reconstructions (bottom), each point "
+    "coloured by the latent capsule that produced it; CD: Chamfer distance.",
+    "svm_confusion.png": "Transfer: a linear SVM on the frozen latent capsules, confusion matrix on the "
+    "test shapes (rows: true class, columns: predicted).",
+}
 
 
 def pick_shapes(labels: torch.Tensor, k: int) -> list[int]:
@@ -104,6 +112,7 @@ def points_pictures(task, model: nn.Module, data: Splits, run_dir: Path, device:
         plot_confusion(res["svm_confusion_matrix"], ps.classes, run_dir / "svm_confusion.png", title=title)
         extra.update(res)
         extra["files"].append("svm_confusion.png")
+    extra["captions"] = CAPTIONS
     if cfg.transfer.svm and cfg.transfer.random_init_baseline:
         torch.manual_seed(cfg.trainer.seed)  # the seed the runner used before building the trained model
         base = transfer(task, task.build_model().to(device), data, device)

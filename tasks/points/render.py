@@ -16,13 +16,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from capsule_kit_tasks.points.io import open3d_or_reason  # noqa: E402
+from capsule_kit.plots import plt
+from capsule_kit_tasks.points.io import open3d_or_reason
 
 PROBE_TIMEOUT_S = 30
 PROBE = (

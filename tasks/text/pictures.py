@@ -1,4 +1,6 @@
-"""Files a person looks at after a text run: predictions.tsv, confusion matrix, labels.json, tokenizer.json.
+"""Files a person looks at after a text run: predictions.tsv, labels.json, tokenizer.json.
+
+The confusion matrix is one of the runner's standard pictures (capsule_kit.plots).
 
 Shapes: N examples, C classes.
 """
@@ -14,8 +16,6 @@ from torch import nn
 
 from capsule_kit.checkpoint import atomic_write_text
 from capsule_kit.data import Splits
-from capsule_kit.metrics import classification_metrics
-from capsule_kit.report import plot_confusion
 from capsule_kit_tasks.text.predict import label_of, lengths_text, predict_lengths, target_of
 
 
@@ -31,7 +31,6 @@ def text_pictures(task: Any, model: nn.Module, data: Splits, run_dir: Path, devi
     batch = task.cfg.trainer.eval_batch_size or task.cfg.trainer.batch_size
     texts, y = data.test.texts, data.test.labels
     lengths = predict_lengths(model, texts, torch.device(device), batch)  # [N, C]
-    pred = task.predict(lengths)
     multi, threshold = task.multi, task.cfg.loss.threshold
     rows = ["index\ttext\tlabel\tpredicted\tcapsule_lengths"]
     for i, text in enumerate(texts):
@@ -51,8 +50,4 @@ def text_pictures(task: Any, model: nn.Module, data: Splits, run_dir: Path, devi
     if task.tokenizer_json:
         atomic_write_text(run_dir / "tokenizer.json", task.tokenizer_json)
         out["tokenizer"] = "tokenizer.json"
-    if not task.multi:
-        cm = classification_metrics(pred, y, len(names))["confusion_matrix"]
-        plot_confusion(cm, names, run_dir / "confusion.png", title=f"{task.cfg.name or 'text'}: test")
-        out["confusion_png"] = "confusion.png"
     return out
