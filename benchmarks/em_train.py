@@ -10,6 +10,7 @@ time over the timed steps.
     python benchmarks/em_train.py recipes/mnist_em.yaml --threads 1
     python benchmarks/em_train.py recipes/mnist_em_small.yaml --threads 1 --profile
     python benchmarks/em_train.py recipes/mnist_em.yaml model.routing.iterations=2
+    python benchmarks/em_train.py recipes/mnist_em_small.yaml --glibc-defaults   # without allocator tuning
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from capsule_kit.allocator import tune_cpu_allocator  # noqa: E402
 from capsule_kit.run import load_recipe  # noqa: E402
 from capsule_kit_tasks.digits.data import load_mnist  # noqa: E402
 
@@ -54,7 +56,9 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--profile", action="store_true", help="print the top operators by self CPU time")
+    p.add_argument("--glibc-defaults", action="store_true", help="skip the runner's allocator tuning")
     args = p.parse_args()
+    tuned = False if args.glibc_defaults else tune_cpu_allocator()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg, model, step = make_step(args.recipe, args.overrides)
@@ -76,6 +80,7 @@ def main() -> None:
     wall, cpu = wall[args.warmup :], cpu[args.warmup :]
     params = sum(q.numel() for q in model.parameters())
     print(f"{args.recipe} {' '.join(args.overrides)}: {params:,} parameters, batch {batch}, {args.threads} thread(s)")
+    print(f"  allocator tuned as the runner does: {tuned}")
     print(f"  wall per step: median {statistics.median(wall):.3f} s  [{', '.join(f'{t:.2f}' for t in wall)}]")
     print(f"  CPU per step:  median {statistics.median(cpu):.3f} s")
     print(f"  img/s: {batch / statistics.median(wall):.1f} (wall), {batch / statistics.median(cpu):.1f} (CPU time)")
