@@ -138,9 +138,8 @@ def random_place(x: Tensor, canvas: int = CANVAS) -> Tensor:
         x: [B, C, h, w] -> [B, C, canvas, canvas]
     """
     b, _, h, w = x.shape
-    rows = torch.randint(0, canvas - h + 1, (b,)).tolist()
-    cols = torch.randint(0, canvas - w + 1, (b,)).tolist()
-    return place(x, canvas, list(zip(rows, cols)))
+    corners = torch.stack([torch.randint(0, canvas - h + 1, (b,)), torch.randint(0, canvas - w + 1, (b,))], dim=1)
+    return place(x, canvas, corners)
 
 
 def affine_metrics(scores: Tensor, y: Tensor, source: Tensor) -> dict:
