@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, DistributedSampler, IterableDataset
 
+from capsule_kit.allocator import tune_cpu_allocator
 from capsule_kit.errors import ConfigError
 
 
@@ -90,6 +91,8 @@ def setup_device(device: str, threads: int | None = None) -> tuple[DistInfo, tor
     picked = pick_device(device, info)
     if threads:
         torch.set_num_threads(threads)
+    if picked.type == "cpu":
+        tune_cpu_allocator()
     return info, picked
 
 

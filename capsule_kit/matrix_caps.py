@@ -89,21 +89,23 @@ class ConvCaps(nn.Module):
         b, h, w = poses.shape[:3]
         if self.class_caps:
             p, a = poses.reshape(b, h * w, -1, 4, 4), activations.reshape(b, h * w, -1)
-            votes = torch.einsum("bptxy,toyz->bptoxz", p, self.weight.view(-1, *self.weight.shape[1:]))
+            votes = torch.einsum("bptxy,toyz->boptxz", p, self.weight)  # output-major for EM
             votes = self._add_coordinates(votes.reshape(*votes.shape[:4], 16), h, w)
-            out = self.routing(votes.reshape(b, -1, votes.shape[3], 16), a.reshape(b, -1))
+            out = self.routing(votes.reshape(b, votes.shape[1], -1, 16).transpose(1, 2), a.reshape(b, -1))
             return out.poses, out.activations
         p, a = self._patches(poses), self._patches(activations)  # [B, H', W', N_i, 16], [B, H', W', N_i]
         ho, wo, n_in = p.shape[1], p.shape[2], p.shape[3]
-        votes = torch.einsum("bnixy,ioyz->bnioxz", p.reshape(-1, ho * wo, n_in, 4, 4), self.weight)
-        out = self.routing(votes.reshape(b * ho * wo, n_in, -1, 16), a.reshape(b * ho * wo, n_in))
+        # votes output-major [B H' W', T_out, N_i, 16]: one copy out of the product; EM reads them as they are
+        votes = torch.einsum("nixy,ioyz->noixz", p.reshape(-1, n_in, 4, 4), self.weight)
+        votes = votes.reshape(b * ho * wo, -1, n_in, 16).transpose(1, 2)
+        out = self.routing(votes, a.reshape(b * ho * wo, n_in))
         return out.poses.view(b, ho, wo, -1, 16), out.activations.view(b, ho, wo, -1)
 
     @staticmethod
     def _add_coordinates(votes: Tensor, h: int, w: int) -> Tensor:
-        """Coordinate addition. Shapes: votes [B, H*W, T, N_o, 16]."""
+        """Coordinate addition. Shapes: votes [B, N_o, H*W, T, 16]."""
         rows = (torch.arange(h, device=votes.device, dtype=votes.dtype) + 0.5) / h
         cols = (torch.arange(w, device=votes.device, dtype=votes.dtype) + 0.5) / w
         coords = torch.zeros(h, w, 16, device=votes.device, dtype=votes.dtype)
         coords[..., 3], coords[..., 7] = rows[:, None].expand(h, w), cols[None, :].expand(h, w)
-        return votes + coords.view(1, h * w, 1, 1, 16)
+        return votes + coords.view(1, 1, h * w, 1, 16)

@@ -76,6 +76,7 @@ SMOKE = [
         ("recipes/mnist.yaml", []),
         ("recipes/multimnist.yaml", ["data.test_pairs=32"]),
         ("recipes/mnist_em.yaml", []),
+        ("recipes/mnist_em_small.yaml", []),
         ("recipes/mnist_efficient.yaml", []),
     ],
 )

@@ -94,7 +94,16 @@ def test_em_float32_matches_reference():
 
 
 @pytest.mark.parametrize(
-    "case", ["zero_votes", "huge_votes", "tiny_votes", "zero_activations", "one_vote_per_parent_identical"]
+    "case",
+    [
+        "zero_votes",
+        "huge_votes",
+        "votes_1e30",
+        "one_vote_1e30",
+        "tiny_votes",
+        "zero_activations",
+        "one_vote_per_parent_identical",
+    ],
 )
 def test_em_extremes_stay_finite_and_in_unit_interval(case):
     votes = votes_like(B, 8, N_O, 16, scale=1.0, dtype=torch.float32)
@@ -103,6 +112,10 @@ def test_em_extremes_stay_finite_and_in_unit_interval(case):
         votes = torch.zeros_like(votes)
     elif case == "huge_votes":
         votes = votes * 1e6
+    elif case == "votes_1e30":  # squares overflow fp32 (3.4e38): EM must not form them
+        votes = votes * 1e30
+    elif case == "one_vote_1e30":  # one outlier among ordinary votes
+        votes[0, 3, 1, 5] = 1e30
     elif case == "tiny_votes":
         votes = votes * 1e-8
     elif case == "zero_activations":
@@ -116,6 +129,19 @@ def test_em_extremes_stay_finite_and_in_unit_interval(case):
     assert ((out.activations > 0) & (out.activations < 1)).all()
     (out.poses.sum() + out.activations.sum()).backward()
     assert torch.isfinite(votes.grad).all() and torch.isfinite(acts.grad).all()
+
+
+@pytest.mark.parametrize("scale", [30.0, 1e4])
+def test_em_matches_reference_for_large_votes(scale):
+    """Votes far beyond 1 take the rescaled path; the result is the same EM."""
+    votes = votes_like(B, 5, N_O, 16, scale=scale)
+    acts = torch.rand(B, 5, dtype=votes.dtype, generator=torch.Generator().manual_seed(3))
+    em = em_with_betas(iterations=3)
+    out = em(votes, acts)
+    mu, a, r = ref_em(votes, acts, em.beta_u.detach().view(-1), em.beta_a.detach(), 3)
+    assert ((out.poses - mu).abs() / scale).max() < 1e-9
+    assert (out.activations - a).abs().max() < 1e-9
+    assert (out.coupling - r).abs().max() < 1e-9
 
 
 def test_em_gradcheck_float64():

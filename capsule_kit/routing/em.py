@@ -30,6 +30,65 @@ from capsule_kit.registry import ROUTING
 from capsule_kit.routing.base import Routed, Routing, require
 
 
+class _Moments(torch.autograd.Function):
+    """``[vc, vc^2]`` side by side, the backward fused into one ``addcmul``.
+
+    Shapes:
+        vc: [B, N_o, N_i, D] -> m: [B, N_o, N_i, 2D]
+    """
+
+    @staticmethod
+    def forward(ctx, vc: Tensor) -> Tensor:
+        ctx.save_for_backward(vc)
+        return torch.cat([vc, vc * vc], dim=-1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (vc,) = ctx.saved_tensors
+        g1, g2 = grad.chunk(2, dim=-1)
+        return torch.addcmul(g1, vc, g2, value=2.0)
+
+
+class _Contract(torch.autograd.Function):
+    """``s = sum_i c_i m_i`` (the M-step's moments) with an elementwise outer-product backward.
+
+    Autograd's matmul backward forms ``dL/dm`` as a batch of [N_i, 1] x [1, 2D]
+    products, which CPU BLAS runs at a fraction of the speed of one broadcast
+    multiply (the largest cost of an EM training step before this).
+
+    Shapes:
+        coeff: [B, N_o, N_i], m: [B, N_o, N_i, E] -> s: [B, N_o, E]
+    """
+
+    @staticmethod
+    def forward(ctx, coeff: Tensor, m: Tensor) -> Tensor:
+        ctx.save_for_backward(coeff, m)
+        return torch.matmul(coeff.unsqueeze(2), m).squeeze(2)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
+        coeff, m = ctx.saved_tensors
+        return _Project.apply(m, grad), coeff.unsqueeze(-1) * grad.unsqueeze(2)
+
+
+class _Project(torch.autograd.Function):
+    """``p_i = <m_i, w>`` (the E-step's distances), backward as in :class:`_Contract`.
+
+    Shapes:
+        m: [B, N_o, N_i, E], w: [B, N_o, E] -> p: [B, N_o, N_i]
+    """
+
+    @staticmethod
+    def forward(ctx, m: Tensor, w: Tensor) -> Tensor:
+        ctx.save_for_backward(m, w)
+        return torch.matmul(m, w.unsqueeze(-1)).squeeze(-1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
+        m, w = ctx.saved_tensors
+        return grad.unsqueeze(-1) * w.unsqueeze(2), _Contract.apply(grad, m)
+
+
 @ROUTING.register("em")
 class EMRouting(Routing):
     """EM routing with learned ``beta_u``/``beta_a`` per output capsule type.
@@ -67,54 +126,59 @@ class EMRouting(Routing):
             return self.lambda_end
         return self.lambda_start + (self.lambda_end - self.lambda_start) * it / (self.iterations - 1)
 
-    def m_step(
-        self, moments: tuple[Tensor, Tensor, Tensor], assign: Tensor, a_in: Tensor, lam: float
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def m_step(self, moments: tuple[Tensor, ...], assign: Tensor, a_in: Tensor, lam: float) -> tuple[Tensor, ...]:
         """Fit Gaussians and activations.
 
-        ``moments`` are ``(vc, vc2, center)``: the votes minus their mean over inputs,
-        its square, and that mean, laid out output-major. The mean and variance come
-        from two batched products with the coupling (first and second moments), so each
-        pass reads the votes once and no difference tensor is made; centring keeps the
-        ``E[v^2] - mu^2`` form free of cancellation for votes far from 0.
+        ``moments`` are ``(m, center, scale)``: ``m`` holds the votes minus their mean
+        over inputs, divided by ``scale`` (their largest absolute value, at least 1),
+        and its square side by side (last dim 2D), laid out output-major; ``center`` is
+        that mean. The mean and variance come from one batched product of the coupling
+        with ``m`` (first and second moments together), so each pass reads the votes
+        once and no difference tensor is made; centring keeps the ``E[v^2] - mu^2`` form
+        free of cancellation for votes far from 0, and the scale keeps squares of votes
+        up to ~1e30 finite (the variance is carried in scaled units, its log in true ones).
 
         Shapes:
-            vc, vc2: [B, N_o, N_i, D], center: [B, N_o, D], assign: [B, N_i, N_o], a_in: [B, N_i]
-            returns: mu [B, N_o, D], var [B, N_o, D], logit [B, N_o], shift [B, N_o, D] (= mu - center)
+            m: [B, N_o, N_i, 2D], center: [B, N_o, D], scale: [B, N_o, 1], assign: [B, N_i, N_o],
+            a_in: [B, N_i]
+            returns: mu [B, N_o, D], var / scale^2 [B, N_o, D], log var [B, N_o, D], logit [B, N_o],
+                (mu - center) / scale [B, N_o, D]
         """
-        vc, vc2, center = moments
+        m, center, scale = moments
         weight = assign.transpose(1, 2) * a_in.unsqueeze(1)  # [B, N_o, N_i]
         mass = weight.sum(dim=-1)  # [B, N_o]
-        coeff = (weight / (mass.unsqueeze(-1) + self.eps)).unsqueeze(2)  # [B, N_o, 1, N_i]
+        coeff = weight / (mass.unsqueeze(-1) + self.eps)  # [B, N_o, N_i]
         total = (mass / (mass + self.eps)).unsqueeze(-1)  # sum_i coeff: 1 up to eps, [B, N_o, 1]
-        first = torch.matmul(coeff, vc).squeeze(2)  # [B, N_o, D]
-        second = torch.matmul(coeff, vc2).squeeze(2)
-        mu = first + total * center  # sum_i coeff_ij V_ij
-        shift = mu - center
-        # sum_i coeff (V - mu)^2 = sum_i coeff (vc - shift)^2, expanded
-        var = (second - 2 * shift * first + shift.pow(2) * total).clamp_min(0) + self.eps
-        share = vc.shape[2] / vc.shape[1]  # uniform assignment mass per parent
-        cost = ((self.beta_u + 0.5 * torch.log(var)) * (mass / share).unsqueeze(-1)).sum(-1)  # [B, N_o]
+        # contiguous halves: elementwise kernels then vectorise alike for any batch size
+        first, second = (x.contiguous() for x in _Contract.apply(coeff, m).chunk(2, dim=-1))
+        mu = scale * first + total * center  # sum_i coeff_ij V_ij
+        shift = first + (total - 1) * center / scale
+        # sum_i coeff (V - mu)^2 / scale^2 = sum_i coeff (m1 - shift)^2, expanded; the floor eps (true
+        # units) is kept above the resolution of m (machine epsilon squared), so huge votes never give
+        # a zero or subnormal variance
+        floor = (self.eps / scale.pow(2)).clamp_min(torch.finfo(m.dtype).eps ** 2)
+        var = (second - 2 * shift * first + shift.pow(2) * total).clamp_min(0) + floor
+        log_var = torch.log(var) + 2 * torch.log(scale)
+        share = m.shape[2] / m.shape[1]  # uniform assignment mass per parent
+        cost = ((self.beta_u + 0.5 * log_var) * (mass / share).unsqueeze(-1)).sum(-1)  # [B, N_o]
         mean = cost.mean(dim=-1, keepdim=True)
         std = (cost - mean).pow(2).mean(dim=-1, keepdim=True).add(self.eps).sqrt()
         logit = lam * (self.beta_a - (cost - mean) / std)
-        return mu, var, logit, shift
+        return mu, var, log_var, logit, shift
 
-    def e_step(self, moments: tuple[Tensor, Tensor, Tensor], shift: Tensor, var: Tensor, logit: Tensor) -> Tensor:
-        """New assignments from log-likelihoods (the squared distance expanded into products).
+    def e_step(self, moments: tuple[Tensor, ...], shift: Tensor, var: Tensor, log_var: Tensor, logit: Tensor) -> Tensor:
+        """New assignments from log-likelihoods (the squared distance expanded into one product).
 
         Shapes:
-            shift, var: [B, N_o, D], logit: [B, N_o]
+            shift, var (scaled units, as :meth:`m_step` returns them), log_var: [B, N_o, D], logit: [B, N_o]
             returns: assign [B, N_i, N_o]
         """
-        vc, vc2, _ = moments
+        m = moments[0]
         inv = var.reciprocal()
-        dist = (  # sum_d (vc - shift)^2 / var
-            torch.matmul(vc2, inv.unsqueeze(-1)).squeeze(-1)
-            - 2 * torch.matmul(vc, (shift * inv).unsqueeze(-1)).squeeze(-1)
-            + (shift.pow(2) * inv).sum(-1, keepdim=True)
-        ).clamp_min(0)
-        log_p = -0.5 * (dist + torch.log(2 * math.pi * var).sum(-1, keepdim=True))  # [B, N_o, N_i]
+        weights = torch.cat([-2 * shift * inv, inv], dim=-1)  # [B, N_o, 2D]
+        # sum_d (m1 - shift)^2 / var = sum_d m1^2 / var - 2 m1 shift / var + shift^2 / var
+        dist = (_Project.apply(m, weights) + (shift.pow(2) * inv).sum(-1, keepdim=True)).clamp_min(0)
+        log_p = -0.5 * (dist + (log_var + math.log(2 * math.pi)).sum(-1, keepdim=True))  # [B, N_o, N_i]
         log_post = (F.logsigmoid(logit).unsqueeze(-1) + log_p).transpose(1, 2)  # [B, N_i, N_o]
         # softmax over the last dim: for an inner dim CPU kernels vectorise by batch size (last-bit changes)
         return torch.softmax(log_post, dim=-1)
@@ -133,13 +197,21 @@ class EMRouting(Routing):
         v = votes.to(torch.promote_types(votes.dtype, torch.float32))  # EM statistics in >= fp32
         a_in = v.new_ones(v.shape[:2]) if activations is None else activations.to(v.dtype)
         batch, n_in, n_out, _ = v.shape
-        v_out = v.transpose(1, 2).contiguous()  # output-major [B, N_o, N_i, D]: the products read it in order
-        center = v_out.mean(dim=2)  # [B, N_o, D]; one layout, so a sample's result never depends on its batch
+        # output-major [B, N_o, N_i, D]: the products read it in order. Votes given as a transposed view
+        # of an output-major tensor (ConvCaps) are not copied; one layout, so a sample's result never
+        # depends on its batch.
+        v_out = v.transpose(1, 2).contiguous()
+        center = v_out.mean(dim=2)  # [B, N_o, D]
         vc = v_out - center.unsqueeze(2)
-        moments = (vc, vc.pow(2), center)
+        # a constant of the computation (the result does not depend on it), so no gradient
+        scale = vc.detach().abs().amax(dim=(2, 3)).clamp_min(1.0).unsqueeze(-1)  # [B, N_o, 1]
+        moments = (_Moments.apply(vc / scale.unsqueeze(-1)), center, scale)  # m: [B, N_o, N_i, 2D]
         assign = v.new_full((batch, n_in, n_out), 1.0 / n_out)
         for it in range(self.iterations):
-            mu, var, logit, shift = self.m_step(moments, assign, a_in, self.inverse_temperature(it))
+            mu, var, log_var, logit, shift = self.m_step(moments, assign, a_in, self.inverse_temperature(it))
             if it < self.iterations - 1:
-                assign = self.e_step(moments, shift, var, logit)
-        return Routed(mu.to(votes.dtype), torch.sigmoid(logit).to(votes.dtype), assign)
+                assign = self.e_step(moments, shift, var, log_var, logit)
+        # sigmoid as a softmax against 0 over a last dim of 2: one kernel path per sample, so a sample's
+        # activation never depends on how many share its batch (sigmoid vectorises over the whole tensor)
+        act = torch.softmax(torch.stack([logit, torch.zeros_like(logit)], dim=-1), dim=-1)[..., 0]
+        return Routed(mu.to(votes.dtype), act.to(votes.dtype), assign)

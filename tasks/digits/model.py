@@ -10,6 +10,7 @@ from torch import nn
 from capsule_kit.config import Strict
 from capsule_kit.errors import ConfigError
 from capsule_kit.registry import MODELS, ROUTING
+from capsule_kit_tasks.digits import cnn  # noqa: F401  (registers cnn_baseline)
 
 
 class RoutingConfig(Strict):
@@ -27,7 +28,8 @@ class ModelConfig(Strict):
     name: Annotated[str, AfterValidator(MODELS.check)] = Field(
         "capsnet",
         description="Registered model: capsnet, capsnet_tiny, efficient_capsnet, "
-        "efficient_capsnet_tiny, matrix_capsnet, matrix_capsnet_tiny.",
+        "efficient_capsnet_tiny, matrix_capsnet, matrix_capsnet_small, matrix_capsnet_tiny, "
+        "cnn_baseline (a plain CNN for comparison), cnn_baseline_tiny.",
     )
     routing: RoutingConfig = Field(default_factory=RoutingConfig, description="Class-capsule routing.")
     decoder: bool = Field(True, description="Reconstruction decoder (CapsNet and Efficient-CapsNet).")
@@ -35,8 +37,8 @@ class ModelConfig(Strict):
 
 
 def model_family(name: str) -> str:
-    """``capsnet``, ``efficient`` or ``matrix`` for a registered model name."""
-    for family in ("efficient", "matrix"):
+    """``capsnet``, ``efficient``, ``matrix`` or ``cnn`` for a registered model name."""
+    for family in ("efficient", "matrix", "cnn"):
         if name.startswith(family):
             return family
     return "capsnet"
@@ -48,7 +50,7 @@ def build_digits_model(cfg: ModelConfig, input_shape: tuple[int, int, int], num_
     kwargs: dict = {"input_shape": input_shape, "num_classes": num_classes}
     if family == "matrix":
         kwargs["iterations"] = cfg.routing.iterations
-    else:
+    elif family != "cnn":  # the CNN has no routing and no decoder
         kwargs.update(decoder=cfg.decoder, mask_k=mask_k)
     if family == "capsnet":
         kwargs.update(routing=cfg.routing.name, routing_iterations=cfg.routing.iterations, shared=cfg.shared)

@@ -19,6 +19,7 @@ from capsule_kit.layers import mask_capsules
 from capsule_kit.losses import margin_loss, reconstruction_loss, spread_loss, spread_margin
 from capsule_kit.metrics import classification_metrics
 from capsule_kit.task import Task, register_task
+from capsule_kit_tasks.digits.affine import affine_metrics, affine_test_set, random_place
 from capsule_kit_tasks.digits.data import load_mnist, mnist_dir, multimnist, multimnist_test_set, random_shift
 from capsule_kit_tasks.digits.model import ModelConfig, build_digits_model
 from capsule_kit_tasks.digits.pictures import digits_pictures
@@ -27,12 +28,16 @@ from capsule_kit_tasks.digits.pictures import digits_pictures
 class DataConfig(Strict):
     """MNIST / MultiMNIST data."""
 
-    dataset: Literal["mnist", "multimnist"] = Field("mnist", description="mnist, or multimnist (two overlaid digits).")
+    dataset: Literal["mnist", "multimnist", "affine"] = Field(
+        "mnist",
+        description="mnist, multimnist (two overlaid digits), or affine (trained on digits placed at random on "
+        "the canvas, tested on centred MNIST and an affNIST-style affine set: tasks/digits/affine.py).",
+    )
     root: str | None = Field(None, description="Folder with the MNIST idx files (default: data root, else vendored).")
     shift: int | None = Field(None, ge=0, description="Max random shift in pixels (default 2 for mnist, 4 multimnist).")
     train_limit: int | None = Field(None, ge=1, description="Use only the first N training images.")
     test_limit: int | None = Field(None, ge=1, description="Use only the first N test images.")
-    canvas: int = Field(36, ge=28, description="MultiMNIST image size.")
+    canvas: int = Field(36, ge=28, description="MultiMNIST / affine image size.")
     test_pairs: int = Field(10000, ge=1, description="MultiMNIST: size of the fixed, seeded test set.")
 
 
@@ -66,6 +71,10 @@ class DigitsTask(Task):
         return self.cfg.data.dataset == "multimnist"
 
     @property
+    def affine(self) -> bool:
+        return self.cfg.data.dataset == "affine"
+
+    @property
     def max_shift(self) -> int:
         return self.cfg.data.shift if self.cfg.data.shift is not None else (4 if self.multi else 2)
 
@@ -83,12 +92,14 @@ class DigitsTask(Task):
                 x_te, y_te, d.test_pairs, self.cfg.trainer.seed + 1, d.canvas, self.max_shift
             )
             test = TensorPairs(merged, labels, digits)
+        elif self.affine:
+            test = affine_test_set(x_te, y_te, self.cfg.trainer.seed + 1, d.canvas)
         else:
             test = TensorPairs(x_te, y_te)
         return Splits(train=TensorPairs(x_tr, y_tr), test=test, info={"train": len(x_tr), "test": len(test)})
 
     def build_model(self) -> nn.Module:
-        size = self.cfg.data.canvas if self.multi else 28
+        size = self.cfg.data.canvas if self.multi or self.affine else 28
         model = build_digits_model(self.cfg.model, (1, size, size), 10, mask_k=2 if self.multi else 1)
         # A decoder without reconstruction loss gets no gradient: DDP must look for unused parameters.
         model.find_unused_parameters = self.cfg.loss.recon_weight == 0 and bool(getattr(model, "decoder", None))
@@ -102,6 +113,9 @@ class DigitsTask(Task):
         if self.multi:
             x, y, digits = batch
             return x.float() / 255, y, digits.float() / 255
+        if self.affine:
+            x, y = batch[:2]
+            return (random_place(x.float() / 255, self.cfg.data.canvas) if train else x.float() / 255), y, None
         x, y = batch
         x = x.float() / 255
         return (random_shift(x, self.max_shift) if train else x), y, None
@@ -115,12 +129,11 @@ class DigitsTask(Task):
             loss = loss + self.recon_loss(model, out, x, y, digits)
         pred = out.lengths.detach().float().topk(2 if self.multi else 1, dim=-1).indices
         hit = self.hits(pred, y)
-        return {
-            "loss": loss,
-            "n": len(x),
-            "log": {"acc": hit.float().mean()},  # a tensor: the engine syncs at log_every
-            "out": {"lengths": out.lengths.detach(), "y": y},
-        }
+        outputs = {"lengths": out.lengths.detach(), "y": y}
+        if self.affine and not train:
+            outputs["source"] = batch[2]
+        # log: a tensor, the engine syncs at log_every
+        return {"loss": loss, "n": len(x), "log": {"acc": hit.float().mean()}, "out": outputs}
 
     def class_loss(self, lengths: Tensor, y: Tensor) -> Tensor:
         c = self.cfg.loss
@@ -148,7 +161,9 @@ class DigitsTask(Task):
     def metrics(self, outputs: list[dict[str, Tensor]]) -> dict[str, Any]:
         lengths = torch.cat([o["lengths"] for o in outputs])
         y = torch.cat([o["y"] for o in outputs])
-        if self.multi:
+        if self.affine and "source" in outputs[0]:
+            self.last_metrics = affine_metrics(lengths, y, torch.cat([o["source"] for o in outputs]))
+        elif self.multi:
             acc = float(self.hits(lengths.topk(2, dim=-1).indices, y).float().mean())
             self.last_metrics = {"accuracy": acc, "error": 1.0 - acc}
         else:
