@@ -10,9 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
+from capsule_kit import routing
 from capsule_kit.config import MAX_RECIPE_BYTES, parse_override, read_yaml
 from capsule_kit.errors import ConfigError, UserError, excerpt
+from capsule_kit.functional import lengths, safe_norm, squash, squash_efficient
 from tests.helpers import REPO, run_cli
 
 MNIST = str(REPO / "recipes" / "mnist.yaml")
@@ -85,3 +88,84 @@ def test_messages_are_one_bounded_line_whatever_they_hold():
     assert len(excerpt(shared)) <= 83 and len(excerpt("x" * 10**6)) <= 83
     msg = str(UserError("first line\nsecond line\r\n" + "y" * 10**5))
     assert "\n" not in msg and msg.startswith("first line second line yyy") and len(msg) < 2100
+
+
+# --- 2. Finite recipes, stable squash and norms, NaN never hidden -------------------------------
+
+SCALES = [0.0, 1e-40, 1e-30, 1e-15, 1.0, 1e19, 1e30, 1e38]  # 1e-40: subnormal in float32
+
+
+def naive_squash(s: torch.Tensor) -> torch.Tensor:
+    """The textbook formula in float64 (exact for any float32 input: no over- or underflow)."""
+    sq = s.pow(2).sum(-1, keepdim=True)
+    return torch.where(sq > 0, sq / (1 + sq) * s / sq.sqrt(), 0.0)
+
+
+def naive_efficient(s: torch.Tensor) -> torch.Tensor:
+    r = s.norm(dim=-1, keepdim=True)
+    return torch.where(r > 0, -torch.expm1(-r) * s / r, s)
+
+
+def capsules(scale: float) -> torch.Tensor:
+    """Three float32 capsules of length ~``scale`` (8D, unit-ish random directions)."""
+    gen = torch.Generator().manual_seed(0)
+    return (torch.rand(3, 8, generator=gen) - 0.5).mul(2 * scale / 8**0.5).float()
+
+
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize(
+    "fn, ref", [(squash, naive_squash), (squash_efficient, naive_efficient)], ids=["sabour", "efficient"]
+)
+def test_squash_matches_float64_reference_over_the_float32_range(fn, ref, scale):
+    x = capsules(scale).requires_grad_()
+    x64 = x.detach().double().requires_grad_()
+    out, want = fn(x), ref(x64)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    torch.testing.assert_close(out.double(), want.float().double(), rtol=4e-6, atol=1e-44)
+    g = torch.linspace(-1, 1, 24).reshape(3, 8)
+    (out * g).sum().backward()
+    assert torch.isfinite(x.grad).all()
+    if fn is squash and 0 < scale < 1e-19:  # |s|^2 underflows float32: the gradient (~|s|) too, to 0
+        assert (x.grad.abs() <= 10 * scale).all()
+    elif scale > 0:  # the float64 reference's own gradient is NaN at exactly 0
+        (want * g.double()).sum().backward()
+        torch.testing.assert_close(x.grad.double(), x64.grad.float().double(), rtol=1e-4, atol=1e-43)
+    elif fn is squash:
+        assert (x.grad == 0).all()  # d squash / ds = 0 at s = 0
+    else:
+        assert torch.equal(x.grad, g)  # the efficient squash is the identity to first order at 0
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_lengths_and_safe_norm_match_float64_norm(scale):
+    x = capsules(scale)[None].requires_grad_()  # [B=1, N=3, D=8]
+    out = lengths(x)
+    torch.testing.assert_close(out.double(), x.detach().double().norm(dim=-1).float().double(), rtol=2e-6, atol=1e-44)
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert torch.equal(safe_norm(x.detach(), dim=-1, keepdim=True).squeeze(-1), out.detach())
+
+
+def test_nan_capsule_is_nan_everywhere_and_inf_has_infinite_length():
+    x = torch.tensor([[float("nan"), 1.0, 0.0], [0.0, 3.0, 4.0], [float("inf"), 1.0, 0.0]])
+    assert lengths(x[None])[0, 0].isnan() and lengths(x[None])[0, 1] == 5.0 and lengths(x[None])[0, 2].isinf()
+    for fn in (squash, squash_efficient):
+        out = fn(x)
+        assert out[0].isnan().all() and torch.isfinite(out[1]).all() and out[2].isnan().any()
+
+
+@pytest.mark.parametrize("name", ["dynamic", "attention"])
+def test_routing_activation_of_a_nan_pose_is_nan_not_zero(name):
+    torch.manual_seed(0)
+    layer = routing.build(name, num_in=6, num_out=4, iterations=1 if name == "attention" else 3)
+    votes = torch.randn(2, 6, 4, 8)
+    votes[0, 2] = float("nan")  # one input capsule of the first example
+    routed = layer(votes)
+    assert routed.activations[0].isnan().all(), routed.activations[0]
+    assert torch.isfinite(routed.activations[1]).all() and (routed.activations[1] < 1).all()
+
+
+@pytest.mark.parametrize("value, shown", [(".inf", "inf"), ("-.inf", "-inf"), (".nan", "nan")])
+def test_recipe_floats_must_be_finite(tmp_path, value, shown):
+    err = cli_error(tmp_path, MNIST, f"trainer.lr={value}", "--validate")
+    assert err == f"error: {MNIST}: trainer.lr: input should be a finite number (got {shown})"
