@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from capsule_kit import routing
 from capsule_kit.config import MAX_RECIPE_BYTES, parse_override, read_yaml
-from capsule_kit.errors import ConfigError, UserError, excerpt
+from capsule_kit.errors import ConfigError, DataError, UserError, excerpt
 from capsule_kit.functional import lengths, safe_norm, squash, squash_efficient
+from capsule_kit_tasks.points import io
 from tests.helpers import REPO, run_cli
 
 MNIST = str(REPO / "recipes" / "mnist.yaml")
@@ -169,3 +171,100 @@ def test_routing_activation_of_a_nan_pose_is_nan_not_zero(name):
 def test_recipe_floats_must_be_finite(tmp_path, value, shown):
     err = cli_error(tmp_path, MNIST, f"trainer.lr={value}", "--validate")
     assert err == f"error: {MNIST}: trainer.lr: input should be a finite number (got {shown})"
+
+
+# --- 3. Malformed point files: refused in one line naming the file (and line), with both readers ---
+
+CLOUD = np.arange(30, dtype=np.float64).reshape(10, 3) / 7
+
+
+def ply(rows: list[str], count: int = 10) -> str:
+    head = f"ply\nformat ascii 1.0\nelement vertex {count}\nproperty float x\nproperty float y\nproperty float z\n"
+    return head + "end_header\n" + "".join(f"{r}\n" for r in rows)
+
+
+def pcd_ascii(rows: list[str], count: int = 10) -> str:
+    head = "VERSION 0.7\nFIELDS x y z\nSIZE 4 4 4\nTYPE F F F\nCOUNT 1 1 1\n"
+    return head + f"WIDTH {count}\nHEIGHT 1\nPOINTS {count}\nDATA ascii\n" + "".join(f"{r}\n" for r in rows)
+
+
+def off(rows: list[str]) -> str:
+    return "OFF\n10 2 0\n" + "".join(f"{r}\n" for r in rows) + "3 0 1 2\n3 1 2 3\n"
+
+
+def write_fault(folder: Path, fmt: str, fault: str) -> tuple[Path, str]:
+    """A file of format ``fmt`` with ``fault`` (truncated / inf / nan / garbage) and the message it must give."""
+    rows = [" ".join(f"{v:.4f}" for v in p) for p in CLOUD]
+    first = {"ply": 8, "pcd": 10, "off": 3, "xyz": 1}.get(fmt, 0)  # line of the first point
+    if fault == "truncated":
+        rows, want = rows[:6], "truncated: the header declares"
+    else:
+        rows[3] = {"inf": "0.5 inf 0.1", "nan": "nan 0.5 0.1", "garbage": "0.5 0x1g 0.1"}[fault]
+        want = f"line {first + 3}: " + ("'0x1g' is not a number" if fault == "garbage" else "NaN/inf coordinate")
+    path = folder / f"{fault}.{fmt}"
+    if fmt == "npy":
+        arr = CLOUD.copy()
+        arr[3, 1] = float(fault) if fault in ("inf", "nan") else 0.0
+        np.save(path, arr)
+        if fault == "truncated":
+            path.write_bytes(path.read_bytes()[:-40])
+        return path, "unreadable .npy" if fault == "truncated" else "row 3: NaN/inf coordinate"
+    if fmt == "pcd-binary":
+        path = folder / f"{fault}-binary.pcd"
+        arr = CLOUD.astype(np.float32)
+        arr[3, 1] = np.inf
+        body = arr[:6] if fault == "truncated" else arr
+        head = pcd_ascii([]).replace("DATA ascii", "DATA binary")
+        path.write_bytes(head.encode() + body.tobytes())
+        return path, "truncated: the header declares 10 points, the file has 6" if fault == "truncated" else "NaN/inf"
+    if fault == "truncated" and fmt == "xyz":
+        rows.append("0.5 0.25")  # a cut last line: the only truncation a header-less table shows
+        want = "line 7: 2 values, expected 3"
+    text = {"ply": ply, "pcd": pcd_ascii, "off": off, "xyz": lambda r: "".join(f"{x}\n" for x in r)}[fmt](rows)
+    path.write_text(text)
+    return path, want
+
+
+FAULTS = [
+    (fmt, fault)
+    for fmt in ("ply", "pcd", "pcd-binary", "off", "xyz", "npy")
+    for fault in ("truncated", "inf", "nan", "garbage")
+    if fmt in ("ply", "pcd", "off", "xyz") or fault in ("truncated", "inf")  # binary files hold no tokens
+]
+
+
+@pytest.mark.parametrize("reader", ["numpy", "open3d"])
+@pytest.mark.parametrize("fmt, fault", FAULTS)
+def test_malformed_point_file_is_refused_naming_file_and_line(tmp_path, fmt, fault, reader):
+    if reader == "open3d" and io.open3d_or_reason()[0] is None:
+        pytest.skip(io.open3d_or_reason()[1])
+    path, want = write_fault(tmp_path, fmt, fault)
+    with pytest.raises(DataError) as err:
+        io.load_points(path, 8, reader=reader)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: ") and want in msg and "\n" not in msg, msg
+
+
+def test_truncated_binary_ply_is_refused_before_open3d_reads_it(tmp_path):
+    head = "ply\nformat binary_little_endian 1.0\nelement vertex 10\nproperty float x\nproperty float y\n"
+    path = tmp_path / "cut.ply"
+    path.write_bytes(f"{head}property float z\nend_header\n".encode() + CLOUD.astype(np.float32)[:6].tobytes())
+    with pytest.raises(DataError, match="cut.ply: truncated binary PLY: the header declares 120"):
+        io.load_points(path, 8)
+
+
+def test_truncated_ply_through_the_cli_is_one_line(tmp_path):
+    good = ply([f"{k} {k % 3} {k % 5}" for k in range(20)], count=20)
+    for cls in ("a", "b"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(3):
+            (tmp_path / "data" / cls / f"{i}.ply").write_text(good)
+    bad = tmp_path / "data" / "b" / "2.ply"
+    bad.write_text(good[: good.index("15 0 0")])  # cut after 15 of 20 vertices
+    proc = run_cli(
+        str(REPO / "recipes" / "points_tiny.yaml"), f"data.path={tmp_path / 'data'}", "data.num_points=16",
+        "data.cache=false", f"output_dir={tmp_path / 'runs'}", timeout=300,
+    )  # fmt: skip
+    err = [ln for ln in proc.stderr.strip().splitlines() if not ln.startswith("points: reading")]
+    assert proc.returncode == 2 and len(err) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert err[0] == f"error: {bad}: truncated: the header declares 20 'vertex' rows, the file has 15 (to line 22)"
