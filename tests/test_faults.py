@@ -7,6 +7,8 @@ numeric ones call the library and compare with a float64 naive reference.
 
 from __future__ import annotations
 
+import gzip
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -268,3 +270,119 @@ def test_truncated_ply_through_the_cli_is_one_line(tmp_path):
     err = [ln for ln in proc.stderr.strip().splitlines() if not ln.startswith("points: reading")]
     assert proc.returncode == 2 and len(err) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert err[0] == f"error: {bad}: truncated: the header declares 20 'vertex' rows, the file has 15 (to line 22)"
+
+
+# --- 4. --validate runs the run's content checks (MNIST idx, label names, TU files) ----------------
+
+MUTAG = REPO.parent / "shared" / "data" / "graphs" / "TU" / "MUTAG" / "raw"
+GRAPHS = str(REPO / "recipes" / "graph_cls.yaml")
+
+
+def mutag_copy(tmp_path: Path) -> tuple[Path, Path]:
+    """A writable copy of MUTAG's raw files: (data root, raw folder)."""
+    if not MUTAG.is_dir():
+        pytest.skip("MUTAG not under the shared data root")
+    raw = tmp_path / "data" / "graphs" / "TU" / "MUTAG" / "raw"
+    shutil.copytree(MUTAG, raw)
+    return tmp_path / "data", raw
+
+
+def cut_lines(path: Path, keep: int) -> None:
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:keep]))
+
+
+def edit_line(path: Path, index: int, text: str) -> None:
+    lines = path.read_text().splitlines()
+    lines[index] = text
+    path.write_text("\n".join(lines) + "\n")
+
+
+def add_attributes(raw: Path, bad_row: int) -> None:
+    rows = [f"{k * 0.5:.1f}, 1.0" for k in range(3371)]
+    rows[bad_row] = "0.5, nan"
+    (raw / "MUTAG_node_attributes.txt").write_text("\n".join(rows) + "\n")
+
+
+TU_FAULTS = {
+    "garbage-node-label": (
+        lambda raw: edit_line(raw / "MUTAG_node_labels.txt", 10, "C"),
+        "MUTAG_node_labels.txt: line 11: 'C' is not one of the comma-separated integers expected",
+    ),
+    "truncated-A": (
+        lambda raw: cut_lines(raw / "MUTAG_A.txt", 7432),
+        "MUTAG_A.txt: 7432 lines, but MUTAG_edge_labels.txt has 7442 (one per edge): truncated?",
+    ),
+    "empty-labels": (
+        lambda raw: (raw / "MUTAG_graph_labels.txt").write_text(""),
+        "MUTAG_graph_labels.txt: file is empty",
+    ),
+    "nan-attribute": (
+        lambda raw: add_attributes(raw, 4),
+        "MUTAG_node_attributes.txt: line 5: NaN/inf value (1 line in all)",
+    ),
+}
+
+
+@pytest.mark.parametrize("fault", TU_FAULTS)
+def test_malformed_tu_files_fail_validate_in_one_line(tmp_path, fault):
+    root, raw = mutag_copy(tmp_path)
+    corrupt, want = TU_FAULTS[fault]
+    corrupt(raw)
+    mode = [] if fault == "nan-attribute" else ["--validate"]  # the run itself stops before a run directory
+    err = cli_error(tmp_path, GRAPHS, f"data.root={root}", *mode)
+    assert err.startswith(f"error: {raw}/") and err.endswith(want), err
+
+
+def test_tu_data_sets_with_labels_attributes_both_neither_and_edge_labels(tmp_path, cache_env):
+    from capsule_kit_tasks.graphs.data import load_graphs
+
+    root, raw = mutag_copy(tmp_path)
+    plain = load_graphs(root, "MUTAG")
+    assert (plain.features, plain.num_features, plain.num_attributes) == ("labels", 7, 0)
+    with_edges = load_graphs(root, "MUTAG", edge_labels=True)  # + counts of the 4 bond types per atom
+    x0, n_edges = with_edges.graphs[0].x, with_edges.graphs[0].edge_index.shape[1]
+    assert x0.shape[1] == 11 and float(x0[:, 7:].sum()) == n_edges  # each directed edge counted at its source
+    add_attributes(raw, 0)
+    edit_line(raw / "MUTAG_node_attributes.txt", 0, "0.0, 1.0")
+    both = load_graphs(root, "MUTAG")  # edited files: checked and processed again
+    assert (both.num_attributes, both.num_features) == (2, 9)
+    assert load_graphs(root, "MUTAG", node_attributes=False).num_features == 7
+    (raw / "MUTAG_node_labels.txt").unlink()
+    neither = load_graphs(root, "MUTAG", node_attributes=False)
+    assert neither.features == "degree" and neither.num_features == 5  # atoms have 0..4 bonds
+    with pytest.raises(ConfigError, match="data.edge_labels: TU data set 'M' has no M_edge_labels.txt"):
+        shutil.copytree(raw, tmp_path / "m" / "graphs" / "TU" / "M" / "raw")
+        for p in (tmp_path / "m" / "graphs" / "TU" / "M" / "raw").iterdir():
+            p.rename(p.with_name(p.name.replace("MUTAG", "M")))
+        (tmp_path / "m" / "graphs" / "TU" / "M" / "raw" / "M_edge_labels.txt").unlink()
+        load_graphs(tmp_path / "m", "M", edge_labels=True)
+
+
+def mnist_copy(tmp_path: Path) -> Path:
+    folder = tmp_path / "mnist"
+    shutil.copytree(REPO / "tasks" / "digits" / "mnist", folder)
+    return folder
+
+
+def rewrite_gz(path: Path, edit) -> None:
+    path.write_bytes(gzip.compress(edit(gzip.decompress(path.read_bytes())), mtime=0))
+
+
+def test_truncated_mnist_idx_fails_validate_and_run_without_a_run_directory(tmp_path):
+    folder = mnist_copy(tmp_path)
+    rewrite_gz(folder / "t10k-images-idx3-ubyte.gz", lambda raw: raw[:-784])  # one image short
+    want = f"error: {folder / 't10k-images-idx3-ubyte.gz'}: truncated idx file (header says [10000, 28, 28]"
+    assert cli_error(tmp_path, MNIST, f"data.root={folder}", "--validate").startswith(want)
+    assert cli_error(tmp_path, MNIST, f"data.root={folder}", "trainer.max_steps=1").startswith(want)
+
+
+def test_mnist_label_out_of_range_is_named(tmp_path):
+    folder = mnist_copy(tmp_path)
+    rewrite_gz(folder / "train-labels-idx1-ubyte.gz", lambda raw: raw[: 8 + 5] + bytes([12]) + raw[8 + 6 :])
+    err = cli_error(tmp_path, MNIST, f"data.root={folder}", "--validate")
+    assert err == f"error: {folder / 'train-labels-idx1-ubyte.gz'}: label 12 at item 5 is not a digit 0..9"
+
+
+def test_label_names_of_the_wrong_length_fail_validate(tmp_path):
+    err = cli_error(tmp_path, str(REPO / "recipes" / "text_trec.yaml"), "data.label_names=[A, B]", "--validate")
+    assert err == "error: data.label_names: 2 names for 6 labels ['0', '1', '2', '3', '4', '5']"
