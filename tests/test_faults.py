@@ -380,7 +380,7 @@ def test_mnist_label_out_of_range_is_named(tmp_path):
     folder = mnist_copy(tmp_path)
     rewrite_gz(folder / "train-labels-idx1-ubyte.gz", lambda raw: raw[: 8 + 5] + bytes([12]) + raw[8 + 6 :])
     err = cli_error(tmp_path, MNIST, f"data.root={folder}", "--validate")
-    assert err == f"error: {folder / 'train-labels-idx1-ubyte.gz'}: label 12 at item 5 is not a digit 0..9"
+    assert err == f"error: {folder / 'train-labels-idx1-ubyte.gz'}: label 12 at item 5 is not a digit 0-9"
 
 
 def test_label_names_of_the_wrong_length_fail_validate(tmp_path):

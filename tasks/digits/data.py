@@ -76,7 +76,7 @@ def _read_split(folder: Path, split: str, stamp: tuple) -> tuple[np.ndarray, np.
         raise DataError(f"{folder}: {split} images {images.shape} and labels {labels.shape} do not match")
     if len(labels) and labels.max() > 9:
         item = int(np.argmax(labels > 9))
-        raise DataError(f"{folder / FILES[split][1]}: label {labels[item]} at item {item} is not a digit 0..9")
+        raise DataError(f"{folder / FILES[split][1]}: label {labels[item]} at item {item} is not a digit 0-9")
     return images, labels
 
 
