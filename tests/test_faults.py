@@ -386,3 +386,13 @@ def test_mnist_label_out_of_range_is_named(tmp_path):
 def test_label_names_of_the_wrong_length_fail_validate(tmp_path):
     err = cli_error(tmp_path, str(REPO / "recipes" / "text_trec.yaml"), "data.label_names=[A, B]", "--validate")
     assert err == "error: data.label_names: 2 names for 6 labels ['0', '1', '2', '3', '4', '5']"
+
+
+# --- 5. Wording ---------------------------------------------------------------------------------
+
+
+def test_directory_as_recipe_and_unknown_routing_list_their_aliases(tmp_path):
+    err = cli_error(tmp_path, str(REPO / "recipes"), "--validate")
+    assert err == f"error: {REPO / 'recipes'} is a directory, expected a recipe YAML file"
+    err = cli_error(tmp_path, MNIST, "model.routing.name=sabor", "--validate")
+    assert "unknown routing 'sabor' (did you mean 'sabour'?)" in err and "dynamic (or sabour)" in err, err
