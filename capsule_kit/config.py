@@ -5,6 +5,11 @@ A recipe has a ``task`` (registered name or ``package.module:Class``), a
 ``model``, ``loss``, ...) declared by the task's ``Config`` class, a subclass of
 :class:`Recipe`. All problems are collected and reported at once, each with its
 dotted key, and unknown keys name the nearest valid key.
+
+YAML input is bounded: a recipe is at most :data:`MAX_RECIPE_BYTES`, nested at most
+:data:`MAX_DEPTH` levels, and anchors/aliases are refused (an alias "bomb" of a few
+hundred bytes expands to gigabytes). Floats must be finite. Messages echo values only
+as short excerpts.
 """
 
 from __future__ import annotations
@@ -16,8 +21,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from capsule_kit.errors import ConfigError
+from capsule_kit.errors import ConfigError, excerpt, shorten
 from capsule_kit.registry import nearest
+
+MAX_RECIPE_BYTES = 256 * 1024
+MAX_DEPTH = 32
 
 
 class Strict(BaseModel):
@@ -25,10 +33,15 @@ class Strict(BaseModel):
 
     Numbers given for text fields become text (``name=2024`` is the name "2024"):
     YAML reads an override's value as a number before the schema is known.
+    Floats must be finite (``lr=.inf`` or ``.nan`` would train to NaN).
     """
 
     model_config = ConfigDict(
-        extra="forbid", protected_namespaces=(), validate_assignment=True, coerce_numbers_to_str=True
+        extra="forbid",
+        protected_namespaces=(),
+        validate_assignment=True,
+        coerce_numbers_to_str=True,
+        allow_inf_nan=False,
     )
 
 
@@ -82,32 +95,76 @@ class Recipe(Strict):
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
 
 
-def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a recipe with the safe loader; errors name the file (and line)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"recipe not found: {p}")
+class RefusedYAML(yaml.MarkedYAMLError):
+    """Well-formed YAML that recipes do not allow (aliases, anchors, deep nesting)."""
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """The safe loader without anchors/aliases and with at most :data:`MAX_DEPTH` nesting levels."""
+
+    depth = 0
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise RefusedYAML(
+                problem="YAML anchors and aliases (&name, *name) are not allowed in recipes",
+                problem_mark=event.start_mark,
+            )
+        if self.depth >= MAX_DEPTH:
+            raise RefusedYAML(problem=f"nested deeper than {MAX_DEPTH} levels", problem_mark=event.start_mark)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def load_yaml_text(text: str, source: str) -> Any:
+    """Parse YAML text with :class:`RecipeLoader`; errors name ``source`` and the line."""
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{p}:{where}: YAML syntax error: {problem}") from None
+        kind = "" if isinstance(exc, RefusedYAML) else "YAML syntax error: "
+        raise ConfigError(f"{source}:{where} {kind}{problem}") from None
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a recipe with the bounded safe loader; errors name the file (and line)."""
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{p} is a directory, expected a recipe YAML file")
+    if not p.is_file():
+        raise ConfigError(f"recipe not found: {p}")
+    if p.stat().st_size > MAX_RECIPE_BYTES:
+        raise ConfigError(f"{p}: {p.stat().st_size} bytes, more than a recipe may hold ({MAX_RECIPE_BYTES})")
+    try:
+        text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{p}: not UTF-8 text") from None
+    data = load_yaml_text(text, str(p))
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: a recipe must be a mapping of keys, got {type(data).__name__}")
     return data
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"trainer.epochs=1"`` -> (["trainer", "epochs"], 1); values are YAML scalars/lists."""
+    """``"trainer.epochs=1"`` -> (["trainer", "epochs"], 1); values are YAML scalars/lists.
+
+    A value that is not valid YAML is taken as text; anchors/aliases are refused as in recipes.
+    """
     if "=" not in text:
-        raise ConfigError(f"override '{text}' must look like key.path=value")
+        raise ConfigError(f"override {excerpt(text)} must look like key.path=value")
     key, raw = text.split("=", 1)
+    if len(raw) > MAX_RECIPE_BYTES:
+        raise ConfigError(f"override '{shorten(key, 120)}': value longer than {MAX_RECIPE_BYTES} characters")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.load(raw, Loader=RecipeLoader) if raw.strip() else ""  # noqa: S506
+    except RefusedYAML as exc:
+        raise ConfigError(f"override '{shorten(key, 120)}': {exc.problem}") from None
     except yaml.YAMLError:
         value = raw
     return key.strip().split("."), value
@@ -121,7 +178,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         for k in keys[:-1]:
             child = node.setdefault(k, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"override '{text}': '{k}' is not a section")
+                raise ConfigError(f"override {excerpt(text)}: '{shorten(k, 120)}' is not a section")
             node = child
         node[keys[-1]] = value
     return data
@@ -143,16 +200,16 @@ def format_errors(exc: ValidationError, schema: type[BaseModel], source: str) ->
     parts = []
     for err in exc.errors():
         loc = tuple(err["loc"])
-        key = ".".join(str(p) for p in loc)
+        key = shorten(".".join(str(p) for p in loc), 120)
         if err["type"] == "extra_forbidden":
-            hint = nearest(str(loc[-1]), _fields_at(schema, loc[:-1]))
+            hint = nearest(str(loc[-1])[:100], _fields_at(schema, loc[:-1]))
             parts.append(
                 f"unknown key '{key}'" + (f" (did you mean '{'.'.join([*map(str, loc[:-1]), hint])}'?)" if hint else "")
             )
         else:
             got = err.get("input")
-            shown = "" if isinstance(got, dict) else f" (got {got!r})"
-            parts.append(f"{key}: {err['msg'].lower()}{shown}")
+            shown = "" if isinstance(got, dict) else f" (got {excerpt(got)})"
+            parts.append(f"{key}: {shorten(err['msg'].lower(), 300)}{shown}")
     return f"{source}: " + "; ".join(parts)
 
 
@@ -170,5 +227,10 @@ def to_plain(cfg: BaseModel) -> dict[str, Any]:
 
 
 def dump_yaml(cfg: BaseModel) -> str:
-    """The resolved recipe as YAML text."""
-    return yaml.safe_dump(to_plain(cfg), sort_keys=False)
+    """The resolved recipe as YAML text (without anchors, which :func:`read_yaml` refuses)."""
+    return yaml.dump(to_plain(cfg), Dumper=_PlainDumper, sort_keys=False)
+
+
+class _PlainDumper(yaml.SafeDumper):
+    def ignore_aliases(self, data: Any) -> bool:
+        return True

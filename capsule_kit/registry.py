@@ -10,6 +10,8 @@ import difflib
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+from capsule_kit.errors import shorten
+
 T = TypeVar("T")
 
 
@@ -69,10 +71,16 @@ class Registry(Generic[T]):
             return name
         if name in self._aliases:
             return self._aliases[name]
-        known = self.names()
-        hint = nearest(name, known + list(self._aliases))
+        hint = nearest(name, self.names() + list(self._aliases))
         near = f" (did you mean '{hint}'?)" if hint else ""
-        raise RegistryError(f"unknown {self.kind} '{name}'{near}; known: {', '.join(known)}")
+        raise RegistryError(f"unknown {self.kind} '{shorten(name, 80)}'{near}; known: {self.listing()}")
+
+    def listing(self) -> str:
+        """Known names with their aliases: ``"attention (or efficient), dynamic (or sabour)"``."""
+        also: dict[str, list[str]] = {}
+        for alias, target in sorted(self._aliases.items()):
+            also.setdefault(target, []).append(alias)
+        return ", ".join(f"{n} (or {', '.join(also[n])})" if n in also else n for n in self.names())
 
     def check(self, name: str) -> str:
         """:meth:`resolve` for recipe schemas: an unknown name raises ``ValueError``.

@@ -186,7 +186,10 @@ def test_node_labels_inconsistent_with_indicator(tmp_path, cache_env):
     root, raw = copy_mutag(tmp_path)
     path = raw / "MUTAG_node_labels.txt"
     path.write_text("".join(path.read_text().splitlines(keepends=True)[:-5]))
-    with pytest.raises(DataError, match=r"MUTAG_node_labels.txt: 3366 lines, expected 3371"):
+    with pytest.raises(
+        DataError,
+        match=r"MUTAG_node_labels.txt: 3366 lines, but MUTAG_graph_indicator.txt has 3371 \(one per node\)",
+    ):
         load_graphs(root, "MUTAG")
 
 

@@ -58,5 +58,5 @@ def test_bad_point_file_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
     code = run.main([TINY, f"data.path={tmp_path / 'bad'}", "data.num_points=16", f"output_dir={tmp_path / 'r'}"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
-    assert err[-1].startswith("error: ") and "2.xyz: 1 points have NaN/inf coordinates" in err[-1]
+    assert err[-1].startswith("error: ") and "2.xyz: line 2: NaN/inf coordinate (1 row in all)" in err[-1]
     assert not any("Traceback" in line for line in err)

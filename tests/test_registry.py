@@ -46,7 +46,7 @@ def test_duplicates_raise(widgets, name, aliases):
 def test_unknown_name_lists_known_ones_and_suggests(widgets):
     with pytest.raises(RegistryError) as err:
         widgets.get("hamer")
-    assert str(err.value) == "unknown widget 'hamer' (did you mean 'hammer'?); known: hammer, spanner"
+    assert str(err.value) == "unknown widget 'hamer' (did you mean 'hammer'?); known: hammer, spanner (or wrench)"
     with pytest.raises(KeyError, match=r"unknown widget 'zzz'; known: hammer, spanner"):
         widgets.resolve("zzz")  # no close match: no suggestion; RegistryError is a KeyError
 

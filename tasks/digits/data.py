@@ -8,6 +8,7 @@ Shapes: B batch, H, W image size.
 
 from __future__ import annotations
 
+import functools
 import gzip
 from pathlib import Path
 
@@ -45,23 +46,44 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def mnist_dir(root: str | None) -> Path:
-    """Folder holding the four MNIST idx files: ``root``, ``<data root>/mnist``, else the vendored copy."""
+    """Folder holding the four MNIST idx files: ``root``, ``<data root>/mnist``, else the vendored copy.
+
+    The files found are read and checked (sizes against their headers, images against labels,
+    labels in 0..9) before the folder is returned, so ``--validate`` runs the run's checks; the
+    arrays are kept for :func:`load_mnist`.
+    """
     # A folder the user named is the only place looked; otherwise the data root, then the vendored copy.
     candidates = [Path(root).expanduser()] if root else [data_root() / "mnist", VENDORED]
     for folder in candidates:
         if all((folder / name).exists() for pair in FILES.values() for name in pair):
+            for split in FILES:
+                _read_split(folder, split, _stamp(folder, split))
             return folder
     if root:
         raise DataError(f"MNIST idx files not found in {root} (expected {', '.join(FILES['train'] + FILES['test'])})")
     raise DataError(f"MNIST idx files not found in {candidates} (set CAPSULE_KIT_DATA=/path/with/mnist)")
 
 
+def _stamp(folder: Path, split: str) -> tuple:
+    return tuple((st.st_size, st.st_mtime_ns) for st in ((folder / name).stat() for name in FILES[split]))
+
+
+@functools.lru_cache(maxsize=4)
+def _read_split(folder: Path, split: str, stamp: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """Checked images [N, H, W] and labels [N] of one split (cached per file sizes and times)."""
+    images, labels = (read_idx(folder / name) for name in FILES[split])
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise DataError(f"{folder}: {split} images {images.shape} and labels {labels.shape} do not match")
+    if len(labels) and labels.max() > 9:
+        item = int(np.argmax(labels > 9))
+        raise DataError(f"{folder / FILES[split][1]}: label {labels[item]} at item {item} is not a digit 0-9")
+    return images, labels
+
+
 def load_mnist(root: str | None, split: str) -> tuple[Tensor, Tensor]:
     """Images [N, 1, 28, 28] uint8 and labels [N] int64 of one split."""
     folder = mnist_dir(root)
-    images, labels = (read_idx(folder / name) for name in FILES[split])
-    if images.ndim != 3 or len(images) != len(labels):
-        raise DataError(f"{folder}: {split} images {images.shape} and labels {labels.shape} do not match")
+    images, labels = _read_split(folder, split, _stamp(folder, split))
     return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
 
 

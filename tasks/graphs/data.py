@@ -79,16 +79,34 @@ def _one_hot_degree(edge_index: torch.Tensor, num_nodes: int, width: int) -> tor
     return torch.nn.functional.one_hot(deg, width).float()
 
 
-def load_graphs(root: Path, name: str, *, node_attributes: bool = True, max_degree: int = 32) -> GraphSet:
+def _edge_label_counts(d: Data, n_edge_lab: int) -> torch.Tensor:
+    """Per node, how many of its edges carry each edge label. Shapes: -> [V, edge labels]."""
+    if n_edge_lab == 0:
+        return torch.zeros(d.num_nodes, 0)
+    onehot = d.edge_attr[:, -n_edge_lab:].float()  # PyG keeps the edge labels' one-hot columns last
+    return torch.zeros(d.num_nodes, n_edge_lab).index_add_(0, d.edge_index[0], onehot)
+
+
+def load_graphs(
+    root: Path, name: str, *, node_attributes: bool = True, max_degree: int = 32, edge_labels: bool = False
+) -> GraphSet:
     """Read a TU data set (raw files checked, processed in the writable cache) and build features.
+
+    Node features are ``[attributes (when wanted), one-hot node labels or degrees, edge-label
+    counts (with ``edge_labels``)]``: a data set with node labels, attributes, both or neither
+    works, and its edge labels are used (counted per node) or ignored.
 
     Raises:
         DataError: missing or inconsistent raw files (see :mod:`capsule_kit_tasks.graphs.tu`).
+        ConfigError: ``edge_labels`` for a data set without an edge-labels file.
 
     """
     ds = TUDataset(root=str(cached_root(root, name)), name=name, use_node_attr=True)
     n_attr_all, n_lab = ds.num_node_attributes, ds.num_node_labels
     n_attr = n_attr_all if node_attributes else 0
+    n_edge_lab = ds.num_edge_labels if edge_labels else 0
+    if edge_labels and n_edge_lab == 0:
+        raise ConfigError(f"data.edge_labels: TU data set '{name}' has no {name}_edge_labels.txt")
     width = 0
     if n_lab == 0:  # degree features: width from the data (clipped at max_degree) so no bin is always empty
         width = min(max_degree, int(max(degree(d.edge_index[0], d.num_nodes).max().item() for d in ds)) + 1)
@@ -96,7 +114,7 @@ def load_graphs(root: Path, name: str, *, node_attributes: bool = True, max_degr
     for d in ds:
         x = d.x if d.x is not None else torch.zeros(d.num_nodes, 0)
         onehot = x[:, n_attr_all:] if n_lab else _one_hot_degree(d.edge_index, d.num_nodes, width)
-        feats = torch.cat([x[:, :n_attr], onehot], dim=1).float()
+        feats = torch.cat([x[:, :n_attr], onehot, _edge_label_counts(d, n_edge_lab)], dim=1).float()
         hist = onehot.sum(0, keepdim=True) / max(d.num_nodes, 1)  # [1, H]
         graphs.append(Data(x=feats, edge_index=d.edge_index, y=d.y.view(1).long(), hist=hist))
     labels = np.array([int(g.y) for g in graphs])

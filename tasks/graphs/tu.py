@@ -16,8 +16,10 @@ temporary folder and renamed into place (concurrent runs never see a half-writte
 from __future__ import annotations
 
 import hashlib
+import io
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +38,12 @@ def raw_dir(root: Path, name: str) -> Path:
 
 
 def check_raw(root: Path, name: str) -> Path:
-    """Raise DataError unless the required raw files of ``name`` exist; return the raw folder."""
+    """Raise DataError unless the raw files of ``name`` exist and agree; return the raw folder.
+
+    The contents are checked (:func:`validate_raw`) once per version of the files: a processed
+    cache of the same files (same names, sizes and times) means they passed before. So
+    ``--validate`` runs the same checks as the run.
+    """
     folder = raw_dir(root, name)
     for part in REQUIRED:
         path = folder / f"{name}_{part}.txt"
@@ -45,34 +52,81 @@ def check_raw(root: Path, name: str) -> Path:
                 f"TU data set '{name}': missing raw file {path.name} in {folder} "
                 f"(set {DATA_ENV}=/path/to/data or data.root; TU layout: graphs/TU/{name}/raw/{name}_A.txt, ...)"
             )
+    key = _fingerprint(folder, sorted(folder.glob(f"{name}_*.txt")))
+    done = cache_dir("graphs", "TU") / f"{name}-{key}" / name / "processed" / "data.pt"
+    if key not in _CHECKED and not done.is_file():
+        validate_raw(folder, name)
+    _CHECKED.add(key)
     return folder
 
 
+_CHECKED: set[str] = set()  # fingerprints of raw folders validated in this process
+
+
 def _read(path: Path, dtype=np.int64) -> np.ndarray:
-    """Comma-separated numbers, one row per line -> [rows, cols]."""
-    try:
-        arr = np.loadtxt(path, delimiter=",", dtype=dtype, ndmin=2)
-    except (ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{path}: cannot read as comma-separated numbers ({first})") from None
-    if arr.shape[0] == 0:
+    """Comma-separated finite numbers, one row per line -> [rows, cols]; errors name file and line."""
+    text = path.read_text(errors="replace")
+    if not text.strip():
         raise DataError(f"{path}: file is empty")
+    try:
+        with warnings.catch_warnings():  # numpy warns before some errors; the DataError says it all
+            warnings.simplefilter("ignore")
+            arr = np.loadtxt(io.StringIO(text), delimiter=",", dtype=dtype, ndmin=2)
+    except ValueError:
+        raise DataError(f"{path}: {_first_bad_line(text, dtype)}") from None
+    bad = np.flatnonzero(~np.isfinite(arr).all(axis=1)) if dtype != np.int64 else []
+    if len(bad):
+        raise DataError(f"{path}: line {bad[0] + 1}: NaN/inf value ({len(bad)} line{'s' * (len(bad) > 1)} in all)")
     return arr
+
+
+def _first_bad_line(text: str, dtype) -> str:
+    """Where and why ``np.loadtxt`` failed, found line by line (only on the error path)."""
+    kind, convert = ("integers", int) if dtype == np.int64 else ("numbers", float)
+    lines = text.splitlines()
+    width = len(lines[0].split(",")) if lines else 0
+    for k, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        fields = [t.strip() for t in line.split(",")]
+        if len(fields) != width:
+            return f"line {k}: {len(fields)} values, expected {width} like line 1"
+        for t in fields:
+            try:
+                convert(t)
+            except ValueError:
+                return f"line {k}: {t[:20]!r} is not one of the comma-separated {kind} expected"
+    return f"cannot read as comma-separated {kind}"
+
+
+def _agree(first: Path, rows: int, reference: Path, expected: int, per: str) -> None:
+    """``first`` needs one line per ``per`` as ``reference`` has; the shorter file is named (likely cut short)."""
+    if rows == expected:
+        return
+    short, n_short, full, n_full = (
+        (first, rows, reference, expected) if rows < expected else (reference, expected, first, rows)
+    )
+    raise DataError(f"{short}: {n_short} lines, but {full.name} has {n_full} (one per {per}): truncated?")
 
 
 def validate_raw(folder: Path, name: str) -> dict[str, int]:
     """Check that the raw files agree with each other; return counts.
 
     Raises:
-        DataError: naming the file and what is inconsistent (line counts, node or
-            graph ids out of range, unsorted indicator, a graph with no nodes,
-            an edge joining two graphs).
+        DataError: naming the file (and line) and what is wrong: an empty file, a
+            non-integer label or id, a NaN/inf attribute, line counts that disagree
+            (the shorter file is named), node or graph ids out of range, an unsorted
+            indicator, a graph with no nodes, an edge joining two graphs.
 
     """
     f = {part: folder / f"{name}_{part}.txt" for part in (*REQUIRED, *PER_NODE, *PER_EDGE)}
     indicator = _read(f["graph_indicator"])[:, 0]
-    num_graphs = len(_read(f["graph_labels"], dtype=np.float64))
+    num_graphs = len(_read(f["graph_labels"]))
     num_nodes = len(indicator)
+    for part in PER_NODE:  # first: a truncated indicator is named before its symptoms
+        if f[part].is_file():
+            rows = len(_read(f[part], np.int64 if part == "node_labels" else np.float64))
+            _agree(f[part], rows, f["graph_indicator"], num_nodes, "node")
     if indicator.min() < 1 or indicator.max() > num_graphs:
         bad = int(indicator.min() if indicator.min() < 1 else indicator.max())
         raise DataError(
@@ -88,11 +142,6 @@ def validate_raw(folder: Path, name: str) -> dict[str, int]:
     if np.any(counts == 0):
         empty = int(np.argmax(counts == 0)) + 1
         raise DataError(f"{folder}: graph {empty} has no nodes (no line '{empty}' in {f['graph_indicator'].name})")
-    for part in PER_NODE:
-        if f[part].is_file() and (rows := len(_read(f[part], np.float64))) != num_nodes:
-            raise DataError(
-                f"{f[part]}: {rows} lines, expected {num_nodes} (one per node, as in {f['graph_indicator'].name})"
-            )
     edges = _read(f["A"])
     if edges.shape[1] != 2:
         raise DataError(f"{f['A']}: expected 2 node ids per line ('i, j'), got {edges.shape[1]}")
@@ -106,8 +155,9 @@ def validate_raw(folder: Path, name: str) -> dict[str, int]:
             f"{f['A']}: line {row + 1}: edge ({edges[row, 0]}, {edges[row, 1]}) joins nodes of two different graphs"
         )
     for part in PER_EDGE:
-        if f[part].is_file() and (rows := len(_read(f[part], np.float64))) != len(edges):
-            raise DataError(f"{f[part]}: {rows} lines, expected {len(edges)} (one per edge, as in {f['A'].name})")
+        if f[part].is_file():
+            rows = len(_read(f[part], np.int64 if part == "edge_labels" else np.float64))
+            _agree(f[part], rows, f["A"], len(edges), "edge")
     return {"graphs": num_graphs, "nodes": num_nodes, "edges": len(edges)}
 
 
@@ -131,7 +181,6 @@ def cached_root(root: Path, name: str) -> Path:
     final = cache_dir("graphs", "TU") / f"{name}-{_fingerprint(folder, files)}"
     if (final / name / "processed" / "data.pt").is_file():
         return final
-    validate_raw(folder, name)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=final.parent))
     try:
         (tmp / name / "raw").mkdir(parents=True)

@@ -1,10 +1,11 @@
-"""Point-cloud and mesh readers: open3d when it imports, small numpy readers otherwise.
+"""Loading point clouds and meshes: the strict numpy readers of ``formats.py``, open3d where needed.
 
-open3d-cpu needs the system library ``libusb-1.0.so.0``; where it cannot be
-imported, binary PCD (x y z float), ASCII PCD, ASCII PLY, ``.txt``/``.pts``,
-``.off`` and ``.obj`` are still read with numpy, and meshes are sampled with an
-area-weighted uniform sampler. Only Poisson-disk sampling, binary PLY and
-compressed PCD need open3d.
+Binary and ASCII PCD, ASCII PLY, ``.txt``/``.pts``/``.xyz``, ``.npy``, ``.off`` and ``.obj`` are
+read by the numpy readers, which check every file against its header (open3d's readers accept
+truncated or malformed files silently). open3d reads binary PLY (after a size check against the
+header) and compressed PCD, and does Poisson-disk sampling; open3d-cpu needs the system library
+``libusb-1.0.so.0``, and where it cannot be imported a one-line error says so, with the fix.
+Meshes are sampled with an area-weighted uniform sampler.
 
 Shapes: P points, F faces.
 """
@@ -12,15 +13,24 @@ Shapes: P points, F faces.
 from __future__ import annotations
 
 import functools
-import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from capsule_kit.errors import DataError, UserError
+from capsule_kit_tasks.points.formats import (  # noqa: F401 (read_* re-exported: the readers' public home was here)
+    NeedsOpen3d,
+    check_binary_ply,
+    read_npy,
+    read_obj,
+    read_off,
+    read_pcd,
+    read_ply_ascii,
+    read_table,
+)
 
-CLOUD_EXTS = (".pcd", ".txt", ".pts", ".xyz")
+CLOUD_EXTS = (".pcd", ".txt", ".pts", ".xyz", ".npy")
 MESH_EXTS = (".off", ".obj")
 EXTS = (*CLOUD_EXTS, *MESH_EXTS, ".ply")
 OPEN3D_FIX = "apt-get install libusb-1.0-0, or pip install 'capsule-kit[points]'"
@@ -52,161 +62,6 @@ def require_open3d(why: str):
     if o3d is None:
         raise UserError(f"{why} needs open3d: {reason}")
     return o3d
-
-
-@functools.cache
-def _note_fallback() -> None:
-    print(f"points: {open3d_or_reason()[1]}; using the numpy readers", file=sys.stderr)
-
-
-def use_open3d(reader: str) -> bool:
-    """Whether to read with open3d for ``reader`` in {auto, open3d, numpy}."""
-    if reader == "numpy":
-        return False
-    if reader == "open3d":
-        require_open3d("data.reader=open3d")
-        return True
-    if open3d_or_reason()[0] is None:
-        _note_fallback()
-        return False
-    return True
-
-
-# -- numpy readers -------------------------------------------------------------
-
-
-def _pcd_header(raw: bytes, path: Path) -> tuple[dict[str, list[str]], int]:
-    """PCD header fields and the byte offset of the data."""
-    header, pos = {}, 0
-    while True:
-        end = raw.find(b"\n", pos)
-        if end < 0:
-            raise DataError(f"{path}: PCD header has no DATA line")
-        line = raw[pos:end].decode("ascii", "replace").strip()
-        pos = end + 1
-        if line and not line.startswith("#"):
-            key, *vals = line.split()
-            header[key.upper()] = vals
-            if key.upper() == "DATA":
-                return header, pos
-
-
-def read_pcd(path: Path) -> np.ndarray:
-    """The x y z columns of an ASCII or binary PCD file (any extra fields are skipped).
-
-    Shapes:
-        returns: [P, 3] float64
-    """
-    raw = path.read_bytes()
-    h, start = _pcd_header(raw, path)
-    fields = h.get("FIELDS", [])
-    if not {"x", "y", "z"} <= set(fields):
-        raise DataError(f"{path}: PCD has fields {fields}, expected x y z")
-    n = int(h.get("POINTS", ["0"])[0])
-    counts = [int(c) for c in h.get("COUNT", ["1"] * len(fields))]
-    kinds = {"F": "f", "I": "i", "U": "u"}
-    types = zip(fields, h["TYPE"], h["SIZE"], counts)
-    cols = [(f"{f}_{k}", f"<{kinds[t]}{s}") for f, t, s, c in types for k in range(c)]
-    mode = h["DATA"][0].lower()
-    if mode == "binary":
-        data = np.frombuffer(raw, dtype=np.dtype(cols), count=n, offset=start)
-        return np.stack([data[f"{a}_0"].astype(np.float64) for a in "xyz"], axis=1)
-    if mode == "ascii":
-        table = np.loadtxt(raw[start:].decode("ascii").splitlines(), ndmin=2)
-        return table[:, [[c[0] for c in cols].index(f"{a}_0") for a in "xyz"]]
-    raise UserError(f"{path}: PCD 'DATA {mode}' needs open3d: {open3d_or_reason()[1] or 'use data.reader=open3d'}")
-
-
-def read_table(path: Path) -> np.ndarray:
-    """First three columns of a whitespace- or comma-separated text cloud (.txt/.pts/.xyz).
-
-    Shapes:
-        returns: [P, 3] float64
-    """
-    text = path.read_text(errors="replace").replace(",", " ")
-    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-    cols = len(lines[0].split()) if lines else 3
-    bad = DataError(f"{path}: expected rows of {max(cols, 3)} numbers (x y z ...) on every line")
-    with warnings.catch_warnings():  # older numpy warns and stops at a non-number (the size check catches it)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        try:
-            flat = np.fromstring(" ".join(lines), sep=" ") if lines else np.zeros(0)  # C parser: ~50x Python
-        except ValueError:  # newer numpy raises
-            raise bad from None
-    if cols < 3 or flat.size != cols * len(lines):
-        raise bad
-    return flat.reshape(-1, cols)[:, :3]
-
-
-def _faces(rows: list[list[str]], path: Path) -> np.ndarray:
-    """Polygons ``n i j k ...`` -> triangle fan indices [F, 3]."""
-    tris = []
-    for r in rows:
-        idx = [int(v) for v in r[1 : 1 + int(r[0])]]
-        tris += [(idx[0], idx[k], idx[k + 1]) for k in range(1, len(idx) - 1)]
-    return np.array(tris, dtype=np.int64).reshape(-1, 3)
-
-
-def read_off(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Vertices [V, 3] and triangles [F, 3] of an OFF mesh (ModelNet's 'OFF490 518 0' quirk included)."""
-    tokens = [ln.split("#")[0].strip() for ln in path.read_text(errors="replace").splitlines()]
-    lines = [t for t in tokens if t]
-    if not lines or not lines[0].upper().startswith("OFF"):
-        raise DataError(f"{path}: not an OFF file (first line should be 'OFF')")
-    head = lines[0][3:].split() or lines[1].split()
-    body = lines[1:] if lines[0][3:].split() else lines[2:]
-    try:
-        nv, nf = int(head[0]), int(head[1])
-        verts = np.array([ln.split()[:3] for ln in body[:nv]], dtype=np.float64).reshape(-1, 3)
-        faces = _faces([ln.split() for ln in body[nv : nv + nf]], path)
-    except (ValueError, IndexError):
-        raise DataError(f"{path}: malformed OFF (vertex/face counts do not match the body)") from None
-    return verts, faces
-
-
-def read_obj(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Vertices and triangles of a Wavefront OBJ (``v`` and ``f`` lines; ``f 1/2/3`` forms)."""
-    verts, polys = [], []
-    for line in path.read_text(errors="replace").splitlines():
-        parts = line.split()
-        if parts and parts[0] == "v":
-            verts.append(parts[1:4])
-        elif parts and parts[0] == "f":
-            idx = [int(p.split("/")[0]) for p in parts[1:]]
-            polys.append([str(len(idx)), *(str(i - 1 if i > 0 else len(verts) + i) for i in idx)])
-    try:
-        return np.array(verts, dtype=np.float64).reshape(-1, 3), _faces(polys, path)
-    except ValueError:
-        raise DataError(f"{path}: malformed OBJ vertex line") from None
-
-
-def read_ply_ascii(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Vertices and triangles of an ASCII PLY (x y z from the vertex element; faces if present)."""
-    lines = path.read_text(errors="replace").splitlines()
-    if not lines or lines[0].strip() != "ply":
-        raise DataError(f"{path}: not a PLY file")
-    if "ascii" not in lines[1]:
-        raise UserError(f"{path}: binary PLY needs open3d: {open3d_or_reason()[1] or 'use data.reader=open3d'}")
-    elements, props, end = [], {}, lines.index("end_header") if "end_header" in lines else -1
-    for line in lines[2:end]:
-        p = line.split()
-        if p[:1] == ["element"]:
-            elements.append((p[1], int(p[2])))
-            props[p[1]] = []
-        elif p[:1] == ["property"] and elements:
-            props[elements[-1][0]].append(p[-1])
-    if end < 0 or not elements or elements[0][0] != "vertex":
-        raise DataError(f"{path}: PLY header without a leading vertex element")
-    body, pos, verts, faces = lines[end + 1 :], 0, None, np.zeros((0, 3), np.int64)
-    for name, count in elements:
-        rows = [ln.split() for ln in body[pos : pos + count]]
-        pos += count
-        if name == "vertex":
-            cols = [props["vertex"].index(a) for a in "xyz"]
-            verts = np.array([[r[c] for c in cols] for r in rows], dtype=np.float64).reshape(-1, 3)
-        elif name == "face":
-            faces = _faces(rows, path)
-    return verts, faces
 
 
 # -- sampling ------------------------------------------------------------------
@@ -243,42 +98,39 @@ def sample_mesh(verts: np.ndarray, faces: np.ndarray, n: int, rng: np.random.Gen
     return t[:, 0] + u[:, None] * (t[:, 1] - t[:, 0]) + v[:, None] * (t[:, 2] - t[:, 0])
 
 
-def _mesh_numpy(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    ext = path.suffix.lower()
-    return read_off(path) if ext == ".off" else read_obj(path) if ext == ".obj" else read_ply_ascii(path)
-
-
-def _read_open3d(path: Path, n: int, sampling: str, seed: int) -> np.ndarray:
-    o3d = require_open3d(f"{path}")
-    if path.suffix.lower() in MESH_EXTS or path.suffix.lower() == ".ply":
+def _read_open3d(path: Path, exc: NeedsOpen3d, reader: str) -> tuple[np.ndarray, np.ndarray]:
+    """Vertices (or points) and faces of a file only open3d reads, checked against its header's counts."""
+    if reader == "numpy":
+        raise UserError(f"{path}: {exc.what} needs open3d (data.reader=numpy)")
+    o3d = require_open3d(f"{path}: {exc.what}")
+    if exc.elements is not None:
+        check_binary_ply(path, exc.elements)
         mesh = o3d.io.read_triangle_mesh(str(path))
         if len(mesh.triangles):
-            check_vertices(path, np.asarray(mesh.vertices))
-            if sampling == "poisson":
-                o3d.utility.random.seed(seed)
-                return np.asarray(mesh.sample_points_poisson_disk(n).points)
-            return sample_mesh(np.asarray(mesh.vertices), np.asarray(mesh.triangles), n, np.random.default_rng(seed))
-        if path.suffix.lower() in MESH_EXTS:
-            # open3d's OFF reader gives up on a 'nan' token (and keeps garbage vertices): the numpy
-            # reader says what is wrong, or finds the file has no faces
-            verts, faces = _mesh_numpy(path)
-            check_vertices(path, verts)
-            return np.zeros((0, 3)) if len(faces) == 0 else _read_numpy(path, n, sampling, seed)
-    if path.suffix.lower() in (".txt", ".pts"):
-        return read_table(path)
-    return np.asarray(o3d.io.read_point_cloud(str(path)).points)
+            return np.asarray(mesh.vertices), np.asarray(mesh.triangles)
+    pts = np.asarray(o3d.io.read_point_cloud(str(path)).points)
+    want = exc.points if exc.points is not None else exc.elements[0][1]
+    if len(pts) != want:
+        raise DataError(f"{path}: {exc.what}: the header declares {want} points, open3d read {len(pts)}")
+    return pts, np.zeros((0, 3), np.int64)
 
 
-def _read_numpy(path: Path, n: int, sampling: str, seed: int) -> np.ndarray:
+def _read(path: Path, n: int, sampling: str, seed: int, reader: str) -> np.ndarray:
+    """A cloud's points, or ``n`` points sampled on a mesh's surface."""
     ext = path.suffix.lower()
-    if ext == ".pcd":
-        return read_pcd(path)
-    if ext in (".txt", ".pts", ".xyz"):
-        return read_table(path)
-    verts, faces = _mesh_numpy(path)
-    if len(faces) == 0:
-        return verts if ext == ".ply" else np.zeros((0, 3))
+    try:
+        if ext in (".txt", ".pts", ".xyz"):
+            return read_table(path)
+        if ext == ".npy":
+            return read_npy(path)
+        if ext == ".pcd":
+            return read_pcd(path)
+        verts, faces = read_off(path) if ext == ".off" else read_obj(path) if ext == ".obj" else read_ply_ascii(path)
+    except NeedsOpen3d as exc:
+        verts, faces = _read_open3d(path, exc, reader)
     check_vertices(path, verts)
+    if len(faces) == 0:
+        return verts if ext in (".ply", ".pcd") else np.zeros((0, 3))
     if sampling == "poisson":
         o3d = require_open3d(f"{path}: data.sampling=poisson")
         mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(verts), o3d.utility.Vector3iVector(faces))
@@ -304,9 +156,10 @@ def load_points(path: Path, n: int, *, sampling: str = "uniform", reader: str = 
     path = Path(path)
     if path.suffix.lower() not in EXTS:
         raise DataError(f"{path}: unsupported extension (expected one of {', '.join(EXTS)})")
-    read = _read_open3d if use_open3d(reader) else _read_numpy
+    if reader == "open3d":
+        require_open3d("data.reader=open3d")
     try:
-        pts = read(path, n, sampling, seed)
+        pts = _read(path, n, sampling, seed, reader)
     except (OSError, UnicodeDecodeError, ValueError, IndexError, KeyError) as exc:
         raise DataError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
     if len(pts) == 0:

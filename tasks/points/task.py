@@ -38,7 +38,7 @@ class DataConfig(Strict):
         None, ge=16, description="Points fed to the encoder (random subset in training, fixed subset at eval)."
     )
     sampling: Literal["uniform", "poisson"] = Field("uniform", description="Mesh sampling (poisson needs open3d).")
-    reader: Literal["auto", "open3d", "numpy"] = Field("auto", description="auto: open3d when it imports, else numpy.")
+    reader: Literal["auto", "open3d", "numpy"] = Field("auto", description="Reader for binary PLY and compressed PCD.")
     up_axis: Literal["x", "y", "z"] = Field("z", description="Up axis for rotation (z: ModelNet, y: ShapeNet).")
     rotate: bool = Field(False, description="Random rotation about the up axis of training clouds.")
     jitter: float = Field(0.0, ge=0, description="Std of Gaussian jitter added to training clouds (0 = off).")

@@ -143,6 +143,8 @@ class TextTask(Task):
             return  # loading a hub dataset may need the network: left to build_data
         d, raw = self.cfg.data, self.raw_tables()
         keys = label_vocab(raw["train"], self.multi, d.label_sep)  # empty/several labels name their row
+        if d.label_names is not None and len(d.label_names) != len(keys):
+            raise ConfigError(f"data.label_names: {len(d.label_names)} names for {len(keys)} labels {keys}")
         for table in (raw["val"], raw["test"]):
             if table is not None:
                 encode_labels(table, keys, self.multi, d.label_sep)  # labels the training file never has
