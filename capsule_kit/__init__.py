@@ -21,6 +21,7 @@ from capsule_kit.layers import (
 from capsule_kit.losses import margin_loss, reconstruction_loss, spread_loss, spread_margin
 from capsule_kit.models import CapsNet, CapsOutput, EfficientCapsNet, MatrixCapsNet
 from capsule_kit.registry import MODELS, ROUTING, TASKS, Registry
+from capsule_kit.routing import RoutingConfig, VectorRouting
 from capsule_kit.task import Task, register_task
 
 __version__ = "0.1.0"
@@ -65,6 +66,8 @@ __all__ = [
     "PrimaryMatrixCaps",
     "ROUTING",
     "Registry",
+    "RoutingConfig",
+    "VectorRouting",
     "TASKS",
     "lengths",
     "margin_loss",

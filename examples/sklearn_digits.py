@@ -29,7 +29,10 @@ class TinyCapsModel(ck.Strict):
     """Model options."""
 
     primary_types: int = Field(8, ge=1, description="Primary capsule types.")
-    iterations: int = Field(3, ge=1, description="Dynamic routing iterations.")
+    routing: ck.VectorRouting = Field(
+        default_factory=lambda: ck.RoutingConfig(name="dynamic", iterations=3),
+        description="Routing by name, as in every recipe: any vector routing (dynamic, attention, ...).",
+    )
 
 
 class SklearnDigitsConfig(ck.Recipe):
@@ -54,12 +57,12 @@ def load_digits_tensors(test_fraction: float, seed: int) -> ck.Splits:
 class TinyCapsNet(nn.Module):
     """Conv 3x3 -> primary capsules (types x 4D on a 3x3 grid) -> 10 class capsules x 8D."""
 
-    def __init__(self, primary_types: int, iterations: int) -> None:
+    def __init__(self, primary_types: int, routing: ck.RoutingConfig) -> None:
         super().__init__()
         self.conv = nn.Conv2d(1, 32, 3, padding=1)
         self.primary = ck.PrimaryCaps(32, num_types=primary_types, dim=4, kernel_size=3, stride=2)
         n_in = primary_types * 9  # a 3x3 grid after the stride-2 3x3 convolution
-        self.classes = ck.DenseCaps(n_in, 4, 10, 8, routing="dynamic", routing_options={"iterations": iterations})
+        self.classes = ck.DenseCaps(n_in, 4, 10, 8, routing=routing)
 
     def forward(self, x: Tensor) -> Tensor:
         """Shapes: x [B, 1, 8, 8] -> class capsule lengths [B, N_o]."""
@@ -77,7 +80,7 @@ class SklearnDigitsTask(ck.Task):
         return load_digits_tensors(self.cfg.data.test_fraction, self.cfg.trainer.seed)
 
     def build_model(self) -> nn.Module:
-        return TinyCapsNet(self.cfg.model.primary_types, self.cfg.model.iterations)
+        return TinyCapsNet(self.cfg.model.primary_types, self.cfg.model.routing)
 
     def step(self, model: nn.Module, batch: tuple[Tensor, Tensor], *, train: bool) -> dict[str, Any]:
         x, y = batch

@@ -13,6 +13,7 @@ pytest.importorskip("datasets")
 from capsule_kit.config import validate  # noqa: E402
 from capsule_kit.errors import ConfigError, DataError  # noqa: E402
 from capsule_kit.layers import DenseCaps  # noqa: E402
+from capsule_kit.routing import RoutingConfig  # noqa: E402
 from capsule_kit_tasks.text.data import build_tokenizer, load_vectors  # noqa: E402
 from capsule_kit_tasks.text.model import SequenceConvCaps, TextCapsNet, build_text_model, decode_meta  # noqa: E402
 from capsule_kit_tasks.text.task import ModelConfig, TextConfig, TextTask  # noqa: E402
@@ -64,7 +65,9 @@ def _cache(cache_env):
 
 def test_conv_caps_equals_naive_window_loop():
     torch.manual_seed(0)
-    layer = SequenceConvCaps(3, 4, 2, 5, kernel_size=3, routing_options={"iterations": 3, "leaky": True}).double()
+    layer = SequenceConvCaps(
+        3, 4, 2, 5, kernel_size=3, routing=RoutingConfig(name="dynamic", iterations=3, leaky=True)
+    ).double()
     caps = torch.randn(2, 6, 3, 4, dtype=torch.float64) * 0.3
     mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]], dtype=torch.bool)
     caps = caps * mask[..., None, None]
@@ -106,7 +109,8 @@ def test_output_independent_of_padding_and_batch():
 
 def test_stabilisers_switch_routing():
     torch.manual_seed(0)
-    on, off = tiny_model(leaky=True, amendment=True), tiny_model(leaky=False, amendment=False)
+    on = tiny_model(routing={"name": "dynamic", "leaky": True}, amendment=True)
+    off = tiny_model(routing={"name": "dynamic", "leaky": False}, amendment=False)
     off.load_state_dict(on.state_dict())
     branch = on.branches[0]
     assert branch.conv_caps.caps.routing.leaky and branch.class_caps.routing.leaky and branch.amend
@@ -122,7 +126,7 @@ def test_stabilisers_switch_routing():
 
 def test_amendment_scales_couplings_by_child_length():
     torch.manual_seed(0)
-    caps = DenseCaps(4, 3, 2, 5, routing_options={"iterations": 1})
+    caps = DenseCaps(4, 3, 2, 5, routing=RoutingConfig(name="dynamic", iterations=1))
     u = torch.randn(1, 4, 3)
     acts = torch.tensor([[1.0, 0.5, 0.0, 0.25]])
     routed = caps(u, acts)

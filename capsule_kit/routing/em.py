@@ -45,6 +45,8 @@ class EMRouting(Routing):
 
     """
 
+    kind = "matrix"
+
     def __init__(
         self,
         *,

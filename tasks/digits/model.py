@@ -2,36 +2,41 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 from torch import nn
 
 from capsule_kit.config import Strict
 from capsule_kit.errors import ConfigError
-from capsule_kit.registry import MODELS, ROUTING
-
-
-class RoutingConfig(Strict):
-    """Routing of the class capsule layer."""
-
-    name: Annotated[str, AfterValidator(ROUTING.check)] = Field(
-        "dynamic", description="Routing algorithm (dynamic, em, attention)."
-    )
-    iterations: int = Field(3, ge=1, description="Routing iterations.")
+from capsule_kit.models import check_routing
+from capsule_kit.registry import MODELS
+from capsule_kit.routing import RoutingConfig
 
 
 class ModelConfig(Strict):
-    """Which capsule network to build."""
+    """Which capsule network to build, and the routing of its capsule layers."""
+
+    moved: ClassVar[dict[str, str]] = {"iterations": "routing.iterations", "routing_iterations": "routing.iterations"}
 
     name: Annotated[str, AfterValidator(MODELS.check)] = Field(
         "capsnet",
         description="Registered model: capsnet, capsnet_tiny, efficient_capsnet, "
         "efficient_capsnet_tiny, matrix_capsnet, matrix_capsnet_tiny.",
     )
-    routing: RoutingConfig = Field(default_factory=RoutingConfig, description="Class-capsule routing.")
+    routing: RoutingConfig = Field(
+        default_factory=RoutingConfig,
+        description="Routing by name; capsnet and efficient_capsnet take any vector routing (dynamic, attention), "
+        "matrix_capsnet em.",
+    )
     decoder: bool = Field(True, description="Reconstruction decoder (CapsNet and Efficient-CapsNet).")
     shared: Literal["none", "positions", "inputs"] = Field("none", description="Class-capsule transform sharing.")
+
+    @field_validator("routing")
+    @classmethod
+    def _supported(cls, routing: RoutingConfig, info: ValidationInfo) -> RoutingConfig:
+        name = info.data.get("name")
+        return check_routing(name, routing) if name else routing
 
 
 def model_family(name: str) -> str:
@@ -45,13 +50,11 @@ def model_family(name: str) -> str:
 def build_digits_model(cfg: ModelConfig, input_shape: tuple[int, int, int], num_classes: int, mask_k: int) -> nn.Module:
     """Build the recipe's model for images of ``input_shape``."""
     family = model_family(cfg.name)
-    kwargs: dict = {"input_shape": input_shape, "num_classes": num_classes}
-    if family == "matrix":
-        kwargs["iterations"] = cfg.routing.iterations
-    else:
+    kwargs: dict = {"input_shape": input_shape, "num_classes": num_classes, "routing": cfg.routing}
+    if family != "matrix":
         kwargs.update(decoder=cfg.decoder, mask_k=mask_k)
     if family == "capsnet":
-        kwargs.update(routing=cfg.routing.name, routing_iterations=cfg.routing.iterations, shared=cfg.shared)
+        kwargs.update(shared=cfg.shared)
     try:
         return MODELS.build(cfg.name, **kwargs)
     except ValueError as exc:

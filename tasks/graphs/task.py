@@ -14,7 +14,7 @@ model is built (extra ``graph``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -25,6 +25,7 @@ from capsule_kit.data import Splits, data_root
 from capsule_kit.errors import UserError
 from capsule_kit.losses import margin_loss, reconstruction_loss
 from capsule_kit.metrics import classification_metrics
+from capsule_kit.routing import RoutingConfig, VectorRouting
 from capsule_kit.task import Task, register_task
 
 
@@ -55,13 +56,18 @@ class CVConfig(Strict):
 class ModelConfig(Strict):
     """CapsGNN sizes (tasks/graphs/model.py)."""
 
+    moved: ClassVar[dict[str, str]] = {"iterations": "routing.iterations", "routing_iterations": "routing.iterations"}
+
     channels: int = Field(16, ge=1, description="GCN channels C = node capsules per node.")
     layers: int = Field(4, ge=1, description="GCN layers L = node capsule dim.")
     graph_caps: int = Field(8, ge=1, description="Graph capsules P.")
     graph_dim: int = Field(16, ge=1, description="Graph capsule dim.")
     class_dim: int = Field(8, ge=1, description="Class capsule dim.")
     attention_hidden: int = Field(32, ge=1, description="Hidden width of the node attention MLP.")
-    iterations: int = Field(3, ge=1, description="Dynamic routing iterations of both capsule layers.")
+    routing: VectorRouting = Field(
+        default_factory=lambda: RoutingConfig(name="dynamic", iterations=3),
+        description="Routing of both capsule layers (any vector routing; the paper's: dynamic, 3 iterations).",
+    )
     decoder_hidden: list[int] = Field([32], description="Hidden widths of the histogram decoder.")
     normalize: bool = Field(
         False, description="GCN symmetric degree normalisation (Kipf & Welling); false: sum over neighbours and self."
@@ -181,7 +187,7 @@ class GraphTask(Task):
             in_features=gs.num_features, num_classes=gs.num_classes,
             hist_dim=gs.hist_dim if self.cfg.loss.recon_weight > 0 else 0,
             channels=m.channels, layers=m.layers, graph_caps=m.graph_caps, graph_dim=m.graph_dim,
-            class_dim=m.class_dim, attention_hidden=m.attention_hidden, iterations=m.iterations,
+            class_dim=m.class_dim, attention_hidden=m.attention_hidden, routing=m.routing,
             decoder_hidden=tuple(m.decoder_hidden), dropout=m.dropout, graph_init_std=m.graph_init_std,
             class_init_std=m.class_init_std, normalize=m.normalize,
         )  # fmt: skip

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from capsule_kit.config import Recipe, Strict
 from capsule_kit.data import Splits, data_root, require_path
 from capsule_kit.errors import DataError, UserError
+from capsule_kit.routing import RoutingConfig, VectorRouting
 from capsule_kit.task import Task, register_task
 from capsule_kit_tasks.points.chamfer import chamfer_distance
 from capsule_kit_tasks.points.data import SYNTHETIC, CloudDataset, PointSet, load_folder, load_synthetic
@@ -56,12 +57,17 @@ class DataConfig(Strict):
 class ModelConfig(Strict):
     """3D Point Capsule Network sizes (paper: 1024 x 16D primary, 64 x 64D latent, 2048 points)."""
 
+    moved: ClassVar[dict[str, str]] = {"routing_iterations": "routing.iterations", "iterations": "routing.iterations"}
+
     primary_caps: int = Field(1024, ge=1, description="Primary point capsules N_i (outputs of each parallel conv).")
     primary_dim: int = Field(16, ge=2, description="Primary capsule dim D_i (number of parallel convs).")
     latent_caps: int = Field(64, ge=1, description="Latent capsules N_o.")
     latent_dim: int = Field(64, ge=2, description="Latent capsule dim D_o.")
     out_points: int = Field(2048, ge=1, description="Decoded points (multiple of latent_caps).")
-    routing_iterations: int = Field(3, ge=1, description="Dynamic routing iterations.")
+    routing: VectorRouting = Field(
+        default_factory=lambda: RoutingConfig(name="dynamic", iterations=3),
+        description="Routing of the latent capsules (any vector routing; the paper's: dynamic, 3 iterations).",
+    )
     shared: Literal["none", "positions", "inputs"] = Field(
         "none", description="Latent transform: none = full (N_i, N_o) tensor as the paper; positions/inputs = shared."
     )
@@ -155,7 +161,7 @@ class PointsTask(Task):
 
     def model_kwargs(self, **changes: Any) -> dict[str, Any]:
         """Keyword arguments of :class:`PointCapsNet` for this recipe (with ``changes``)."""
-        kwargs = {**self.cfg.model.model_dump(), **changes}
+        kwargs = {**self.cfg.model.model_dump(), "routing": self.cfg.model.routing, **changes}
         return {**kwargs, "feature_channels": tuple(kwargs["feature_channels"])}
 
     def build_model(self) -> nn.Module:

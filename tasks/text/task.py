@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -20,6 +20,7 @@ from capsule_kit.engine import unwrap
 from capsule_kit.errors import ConfigError, DataError
 from capsule_kit.losses import margin_loss
 from capsule_kit.metrics import classification_metrics
+from capsule_kit.routing import RoutingConfig, VectorRouting
 from capsule_kit.task import Task, register_task
 
 
@@ -56,6 +57,8 @@ class DataConfig(Strict):
 class ModelConfig(Strict):
     """Capsule-A / Capsule-B and their front end."""
 
+    moved: ClassVar[dict[str, str]] = {"iterations": "routing.iterations", "leaky": "routing.leaky"}
+
     arch: Literal["capsule_a", "capsule_b"] = Field("capsule_a", description="Capsule-A, or Capsule-B (3 branches).")
     embedding: Literal["learned", "pretrained"] = Field("learned", description="Word embeddings or encoder states.")
     embed_dim: int = Field(300, ge=1, description="Learned embedding dim.")
@@ -82,8 +85,11 @@ class ModelConfig(Strict):
     )
     conv_init_std: float = Field(1.0, gt=0, description="Init std of the convolutional capsule transforms.")
     class_init_std: float = Field(0.05, gt=0, description="Init std of the class capsule transforms.")
-    iterations: int = Field(3, ge=1, description="Dynamic routing iterations (the paper's 3-iteration schedule).")
-    leaky: bool = Field(True, description="Orphan category: leaky softmax in routing.")
+    routing: VectorRouting = Field(
+        default_factory=lambda: RoutingConfig(name="dynamic", iterations=3, leaky=True),
+        description="Routing of both capsule layers (any vector routing). The paper's: dynamic, 3 iterations, "
+        "leaky softmax (orphan category).",
+    )
     amendment: bool = Field(True, description="Coefficient amendment: scale couplings by child capsule lengths.")
     dropout: float = Field(0.5, ge=0, lt=1, description="Dropout on token features.")
     word_dropout: float = Field(0.0, ge=0, lt=1, description="Training: replace tokens by [UNK] with this probability.")
