@@ -25,9 +25,9 @@ class Strict(BaseModel):
 
     Numbers given for text fields become text (``name=2024`` is the name "2024"):
     YAML reads an override's value as a number before the schema is known.
-    ``moved`` maps old spellings of a section's keys to their new dotted key
-    (relative to the section); an old spelling is refused with "did you mean" the
-    new key, never silently accepted.
+    ``moved`` maps old spellings of a section's keys to their new full dotted key
+    (e.g. ``{"iterations": "model.routing.iterations"}``); an old spelling is refused
+    with "did you mean" the new key, never silently accepted.
     """
 
     moved: ClassVar[dict[str, str]] = {}
@@ -149,7 +149,9 @@ def _did_you_mean(schema: type[BaseModel], loc: tuple) -> str | None:
     if section is None:
         return None
     moved = getattr(section, "moved", {}).get(str(loc[-1]))
-    hint = moved or nearest(str(loc[-1]), list(section.model_fields))
+    if moved:
+        return moved
+    hint = nearest(str(loc[-1]), list(section.model_fields))
     return ".".join([*map(str, loc[:-1]), hint]) if hint else None
 
 

@@ -15,8 +15,8 @@ pytest.importorskip("torch_geometric")
 pytest.importorskip("sklearn")
 
 from capsule_kit.config import validate  # noqa: E402
-from capsule_kit.errors import ConfigError, DataError  # noqa: E402
-from capsule_kit_tasks.graphs.data import collate, load_graphs, split_indices  # noqa: E402
+from capsule_kit.errors import DataError  # noqa: E402
+from capsule_kit_tasks.graphs.data import collate, load_graphs  # noqa: E402
 from capsule_kit_tasks.graphs.model import CapsGNN, NodeAttention  # noqa: E402
 from capsule_kit_tasks.graphs.task import GraphTask, balanced_recon_loss  # noqa: E402
 from tests.conftest import REPO, data_path  # noqa: E402
@@ -177,22 +177,6 @@ def test_edited_raw_files_are_processed_again(tmp_path, cache_env):
     assert load_graphs(tmp_path, "EDIT").labels.tolist() == [0, 1]
     (raw / "EDIT_graph_labels.txt").write_text("7\n3\n")  # new size: a new cache entry, not the stale one
     assert load_graphs(tmp_path, "EDIT").labels.tolist() == [1, 0]
-
-
-def test_stratified_folds_partition_and_seed():
-    labels = np.array([0] * 30 + [1] * 20)
-    tests = [split_indices(labels, folds=5, fold=k, seed=3, test_fraction=0.1, val_fraction=0.0) for k in range(5)]
-    all_test = np.concatenate([t[2] for t in tests])
-    assert sorted(all_test.tolist()) == list(range(50))  # every graph tested exactly once
-    for train, val, test in tests:
-        assert val is None and not set(train) & set(test)
-        assert np.bincount(labels[test]).tolist() == [6, 4]  # stratified
-    again = split_indices(labels, folds=5, fold=2, seed=3, test_fraction=0.1, val_fraction=0.0)
-    assert np.array_equal(again[2], tests[2][2])
-    train, val, test = split_indices(labels, folds=1, fold=0, seed=0, test_fraction=0.2, val_fraction=0.25)
-    assert (len(train), len(val), len(test)) == (30, 10, 10)
-    with pytest.raises(ConfigError, match=r"class counts \[30, 20\]"):
-        split_indices(labels, folds=31, fold=0, seed=0, test_fraction=0.1, val_fraction=0.0)
 
 
 @needs_mutag

@@ -33,8 +33,8 @@ SMALL = {  # recipe -> overrides keeping the recipe's model family and data, at 
     "text_trec.yaml": TEXT[:1] + TEXT[2:],  # its first rows miss some of the 6 classes
     "text_mr.yaml": TEXT[:1] + TEXT[2:],  # MR's file is sorted by label: its first rows are one class
     "text_sst2_minilm.yaml": TEXT[:2] + ["model.pretrained_layer=2", *TEXT[3:]],
-    "graph_cls.yaml": ["cv.folds=1", "trainer.batch_size=4", "model.channels=4", "model.layers=2"],
-    "graph_proteins.yaml": ["cv.folds=1", "trainer.batch_size=4", "model.channels=4", "model.layers=2"],
+    "graph_cls.yaml": ["split.folds=1", "trainer.batch_size=4", "model.channels=4", "model.layers=2"],
+    "graph_proteins.yaml": ["split.folds=1", "trainer.batch_size=4", "model.channels=4", "model.layers=2"],
     "points_tiny.yaml": ["data.train_limit=12", "data.test_limit=8"],
     "points_ae.yaml": ["data.train_limit=12", "data.test_limit=8", "trainer.batch_size=4", "data.num_points=256",
                        "data.input_points=128", "model.primary_caps=32", "model.latent_caps=8", "model.latent_dim=8",

@@ -30,6 +30,12 @@ from capsule_kit.config import Strict
 from capsule_kit.registry import ROUTING
 
 STRUCTURAL = ("num_in", "num_out", "iterations")  # passed by the layer / declared as fields, never options
+ROUTING_MOVED = {  # old spellings in model sections -> the key (for Strict.moved: refused with "did you mean")
+    "iterations": "model.routing.iterations",
+    "routing_iterations": "model.routing.iterations",
+    "leaky": "model.routing.leaky",
+    "routing_options": "model.routing",
+}
 
 
 @cache

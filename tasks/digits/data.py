@@ -45,9 +45,9 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def mnist_dir(root: str | None) -> Path:
-    """Folder holding the four MNIST idx files: ``root``, ``<data root>/mnist``, else the vendored copy."""
-    # A folder the user named is the only place looked; otherwise the data root, then the vendored copy.
-    candidates = [Path(root).expanduser()] if root else [data_root() / "mnist", VENDORED]
+    """Folder of the four MNIST idx files: ``<data root>/mnist`` (``root``: data.root), else the vendored copy."""
+    # A data root the user named is the only place looked; otherwise the default data root, then the vendored copy.
+    candidates = [data_root(root) / "mnist"] if root else [data_root() / "mnist", VENDORED]
     for folder in candidates:
         if all((folder / name).exists() for pair in FILES.values() for name in pair):
             return folder

@@ -12,12 +12,13 @@ from capsule_kit.errors import ConfigError
 from capsule_kit.models import check_routing
 from capsule_kit.registry import MODELS
 from capsule_kit.routing import RoutingConfig
+from capsule_kit.routing.config import ROUTING_MOVED
 
 
 class ModelConfig(Strict):
     """Which capsule network to build, and the routing of its capsule layers."""
 
-    moved: ClassVar[dict[str, str]] = {"iterations": "routing.iterations", "routing_iterations": "routing.iterations"}
+    moved: ClassVar[dict[str, str]] = ROUTING_MOVED
 
     name: Annotated[str, AfterValidator(MODELS.check)] = Field(
         "capsnet",

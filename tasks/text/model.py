@@ -259,9 +259,7 @@ def build_text_model(
 
     """
     if cfg.embedding == "learned":
-        front = WordEmbedder(
-            tokenizer_json, dim=cfg.embed_dim, max_len=max_len, vectors=vectors, lr_scale=cfg.embed_lr_scale
-        )
+        front = WordEmbedder(tokenizer_json, dim=cfg.embed_dim, max_len=max_len, vectors=vectors)
     else:
         front = PretrainedEmbedder(
             cfg.pretrained_path, max_len=max_len, finetune_layers=cfg.finetune_layers, layer=cfg.pretrained_layer
