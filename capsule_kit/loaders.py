@@ -68,13 +68,13 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=DTYPES[precision])
 
 
-@torch.no_grad()
 class Evaluation(dict):
     """What :func:`evaluate` returns: the metrics (a plain dict) and the gathered ``out`` dicts as ``.outputs``."""
 
     outputs: list[dict[str, torch.Tensor]]
 
 
+@torch.no_grad()
 def evaluate(task: Task, model: nn.Module, loader: DataLoader, device: torch.device, cfg: TrainerConfig) -> Evaluation:
     """One pass over ``loader``: mean loss plus ``task.metrics`` of the gathered outputs (kept in ``.outputs``).
 
