@@ -169,7 +169,7 @@ def test_signal_mid_epoch_saves_and_resumes_exactly(tmp_path, monkeypatch):
 
 def test_cli_writes_run_directory_and_eval(tmp_path):
     out = tmp_path / "runs"
-    proc = run_cli("recipes/mnist.yaml", *TINY, "trainer.max_steps=2", f"output_dir={out}")
+    proc = run_cli("recipes/mnist.yaml", *TINY, "split.val_size=null", "trainer.max_steps=2", f"output_dir={out}")
     assert proc.returncode == 0, proc.stderr
     run_dir = only_run_dir(out)
     for name in (
