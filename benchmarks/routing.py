@@ -7,7 +7,7 @@ gradient; the script prints the largest differences of outputs, input gradients
 and weight gradients from ours, then times and peak memory, then the ratios LAST.
 
 Variants (benchmarks/references.py holds the references): ``ours`` (DenseCaps,
-eager routing), ``fused`` (the same with ``routing_options={"fused": True}``,
+eager routing), ``fused`` (the same with ``routing=RoutingConfig(name="dynamic", fused=True)``,
 capsule_kit/routing/fused.py; dynamic routing only), ``einsum`` (readable_capsnet
 style: votes, weighted sums and agreements by ``einsum``; dynamic routing only)
 and ``seed`` (up to ``--seed-max-batch``).
@@ -69,21 +69,22 @@ from torch import Tensor, nn  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from capsule_kit.layers import DenseCaps  # noqa: E402
+from capsule_kit.routing import RoutingConfig  # noqa: E402
 
 
 def build(args: argparse.Namespace, dtype: torch.dtype, batch: int) -> dict[str, nn.Module]:
     """The variants timed at this batch size, all with the same weights: name -> module."""
     torch.manual_seed(0)
     routing, iterations = args.routing, args.iters
-    opts = {} if routing == "attention" else {"iterations": iterations}
-    ours = DenseCaps(N_I, D_I, N_O, D_O, routing=routing, routing_options=opts)
+    its = None if routing == "attention" else iterations
+    ours = DenseCaps(N_I, D_I, N_O, D_O, routing=RoutingConfig(name=routing, iterations=its))
     if routing == "em":  # non-trivial betas so that a mix-up would show
         with torch.no_grad():
             ours.routing.beta_u.copy_(torch.linspace(-0.5, 0.5, N_O).view(-1, 1))
             ours.routing.beta_a.copy_(torch.linspace(0.3, -0.3, N_O))
     variants = {"ours": ours}
     if routing == "dynamic":
-        fused = DenseCaps(N_I, D_I, N_O, D_O, routing=routing, routing_options={**opts, "fused": True})
+        fused = DenseCaps(N_I, D_I, N_O, D_O, routing=RoutingConfig(name=routing, iterations=its, fused=True))
         fused.load_state_dict(ours.state_dict())
         variants["fused"] = fused
         variants["einsum"] = EinsumDenseCaps(ours, iterations)

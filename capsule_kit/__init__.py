@@ -6,7 +6,7 @@ Importing the library changes no process-wide setting; the runner's command line
 
 from capsule_kit import routing
 from capsule_kit.config import Recipe, Strict, TrainerConfig
-from capsule_kit.data import Splits, TensorPairs, cache_dir, data_root
+from capsule_kit.data import DataSection, Splits, TensorPairs, cache_dir, data_root, limit_indices
 from capsule_kit.errors import CheckpointError, ConfigError, DataError, UserError
 from capsule_kit.functional import lengths, safe_norm, squash, squash_efficient
 from capsule_kit.layers import (
@@ -18,9 +18,11 @@ from capsule_kit.layers import (
     PrimaryMatrixCaps,
     mask_capsules,
 )
-from capsule_kit.losses import margin_loss, reconstruction_loss, spread_loss, spread_margin
+from capsule_kit.losses import MarginConfig, margin_loss, reconstruction_loss, spread_loss, spread_margin
 from capsule_kit.models import CapsNet, CapsOutput, EfficientCapsNet, MatrixCapsNet
 from capsule_kit.registry import MODELS, ROUTING, TASKS, Registry
+from capsule_kit.routing import RoutingConfig, VectorRouting
+from capsule_kit.splits import SplitConfig, ValSplit, split_indices
 from capsule_kit.task import Task, register_task
 
 __version__ = "0.1.0"
@@ -38,42 +40,50 @@ def train(recipe, *overrides: str) -> dict:
 
 
 __all__ = [
-    "CheckpointError",
-    "ConfigError",
-    "DataError",
-    "Recipe",
-    "Splits",
-    "Strict",
-    "Task",
-    "TensorPairs",
-    "TrainerConfig",
-    "UserError",
-    "cache_dir",
-    "data_root",
-    "register_task",
-    "train",
     "CapsNet",
     "CapsOutput",
     "CapsuleDecoder",
+    "CheckpointError",
+    "ConfigError",
     "ConvCaps",
+    "DataError",
+    "DataSection",
     "DenseCaps",
     "EfficientCapsNet",
     "MODELS",
+    "MarginConfig",
     "MatrixCapsNet",
     "PrimaryCaps",
     "PrimaryCaps1d",
     "PrimaryMatrixCaps",
     "ROUTING",
+    "Recipe",
     "Registry",
+    "RoutingConfig",
+    "SplitConfig",
+    "Splits",
+    "Strict",
     "TASKS",
+    "Task",
+    "TensorPairs",
+    "TrainerConfig",
+    "UserError",
+    "ValSplit",
+    "VectorRouting",
+    "cache_dir",
+    "data_root",
     "lengths",
+    "limit_indices",
     "margin_loss",
     "mask_capsules",
     "reconstruction_loss",
+    "register_task",
     "routing",
     "safe_norm",
+    "split_indices",
     "spread_loss",
     "spread_margin",
     "squash",
     "squash_efficient",
+    "train",
 ]

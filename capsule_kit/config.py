@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -34,7 +34,12 @@ class Strict(BaseModel):
     Numbers given for text fields become text (``name=2024`` is the name "2024"):
     YAML reads an override's value as a number before the schema is known.
     Floats must be finite (``lr=.inf`` or ``.nan`` would train to NaN).
+    ``moved`` maps old spellings of a section's keys to their new full dotted key
+    (e.g. ``{"iterations": "model.routing.iterations"}``); an old spelling is refused
+    with "did you mean" the new key, never silently accepted.
     """
+
+    moved: ClassVar[dict[str, str]] = {}
 
     model_config = ConfigDict(
         extra="forbid",
@@ -184,15 +189,27 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
-    """Field names of the sub-model at ``loc`` (for 'did you mean')."""
+def _section_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The sub-model at ``loc`` (for 'did you mean'), or None."""
     for part in loc:
         field = model.model_fields.get(str(part))
         sub = getattr(field, "annotation", None) if field else None
         if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
-            return []
+            return None
         model = sub
-    return list(model.model_fields)
+    return model
+
+
+def _did_you_mean(schema: type[BaseModel], loc: tuple) -> str | None:
+    """The dotted key an unknown key at ``loc`` probably meant: a moved key, else the nearest field."""
+    section = _section_at(schema, loc[:-1])
+    if section is None:
+        return None
+    moved = getattr(section, "moved", {}).get(str(loc[-1]))
+    if moved:
+        return moved
+    hint = nearest(str(loc[-1])[:100], list(section.model_fields))
+    return ".".join([*map(str, loc[:-1]), hint]) if hint else None
 
 
 def format_errors(exc: ValidationError, schema: type[BaseModel], source: str) -> str:
@@ -202,14 +219,13 @@ def format_errors(exc: ValidationError, schema: type[BaseModel], source: str) ->
         loc = tuple(err["loc"])
         key = shorten(".".join(str(p) for p in loc), 120)
         if err["type"] == "extra_forbidden":
-            hint = nearest(str(loc[-1])[:100], _fields_at(schema, loc[:-1]))
-            parts.append(
-                f"unknown key '{key}'" + (f" (did you mean '{'.'.join([*map(str, loc[:-1]), hint])}'?)" if hint else "")
-            )
+            hint = _did_you_mean(schema, loc)
+            parts.append(f"unknown key '{key}'" + (f" (did you mean '{hint}'?)" if hint else ""))
         else:
             got = err.get("input")
             shown = "" if isinstance(got, dict) else f" (got {excerpt(got)})"
-            parts.append(f"{key}: {shorten(err['msg'].lower(), 300)}{shown}")
+            msg = shorten(err["msg"].removeprefix("Value error, "), 300)
+            parts.append(f"{key}: {msg[:1].lower() + msg[1:]}{shown}")
     return f"{source}: " + "; ".join(parts)
 
 

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import Field
 from torch.utils.data import Dataset
 
+from capsule_kit.config import Strict
 from capsule_kit.errors import DataError
 
 DATA_ENV, CACHE_ENV = "CAPSULE_KIT_DATA", "CAPSULE_KIT_CACHE"
@@ -46,6 +48,27 @@ def require_path(path: Path, what: str) -> Path:
     if path.exists():
         return path
     raise DataError(f"{what} not found: looked for {path} (set {DATA_ENV}=/path/to/data or data.root in the recipe)")
+
+
+class DataSection(Strict):
+    """The keys every task's ``data`` section shares (tasks subclass it to add their own)."""
+
+    root: str | None = Field(None, description="Data root (default: $CAPSULE_KIT_DATA, else the user cache).")
+    train_limit: int | None = Field(
+        None, ge=1, description="Train on a seeded random subset of this many training examples (seed: split.seed)."
+    )
+    test_limit: int | None = Field(
+        None, ge=1, description="Test on a seeded random subset of this many test examples (seed: split.seed)."
+    )
+
+
+def limit_indices(indices: Sequence[int], limit: int | None, seed: int) -> list[int]:
+    """A seeded random subset of ``limit`` of ``indices`` in their order (all when ``limit`` is None or larger).
+
+    The meaning of ``data.train_limit`` / ``data.test_limit`` in every task.
+    """
+    keep = subset_indices(len(indices), None, limit, seed)
+    return list(indices) if keep is None else [indices[i] for i in keep]
 
 
 @dataclass

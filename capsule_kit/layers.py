@@ -22,7 +22,7 @@ from capsule_kit.decoder import CapsuleDecoder, mask_capsules
 from capsule_kit.errors import ConfigError
 from capsule_kit.functional import get_squash
 from capsule_kit.matrix_caps import ConvCaps, PrimaryMatrixCaps
-from capsule_kit.routing import Routed, build
+from capsule_kit.routing import Routed, RoutingConfig, as_routing
 from capsule_kit.shapes import expect_shape
 
 __all__ = [
@@ -171,8 +171,8 @@ class DenseCaps(nn.Module):
         dim_in: Input capsule dim D_i.
         num_out: Output capsules N_o.
         dim_out: Output capsule dim D_o.
-        routing: Routing name (``dynamic``, ``em``, ``attention``).
-        routing_options: Extra routing keyword arguments (e.g. ``iterations``).
+        routing: The routing, by name (``"dynamic"``) or as a :class:`RoutingConfig`
+            (name, iterations, options); the layer passes ``num_in``/``num_out``.
         shared: ``"none"`` (one W per (i, j), Sabour), ``"positions"`` (one W per
             (type, j), shared over ``num_in / types`` positions) or ``"inputs"``
             (one W per j, shared by all inputs: parameters grow with N_o only).
@@ -198,8 +198,7 @@ class DenseCaps(nn.Module):
         num_out: int,
         dim_out: int,
         *,
-        routing: str = "dynamic",
-        routing_options: dict | None = None,
+        routing: RoutingConfig | str = "dynamic",
         shared: str = "none",
         types: int | None = None,
         init_std: float = 0.01,
@@ -214,7 +213,7 @@ class DenseCaps(nn.Module):
         self.num_in, self.dim_in, self.num_out, self.dim_out, self.shared = num_in, dim_in, num_out, dim_out, shared
         self.weight = nn.Parameter(init_std * torch.randn(n_w, dim_in, num_out * dim_out))  # [N_w, D_i, N_o*D_o]
         self.max_vote_bytes = max_vote_bytes
-        self.routing = build(routing, num_in=num_in, num_out=num_out, **(routing_options or {}))
+        self.routing = as_routing(routing).build(num_in=num_in, num_out=num_out)
 
     def votes(self, u: Tensor) -> Tensor:
         """Compute votes.

@@ -68,9 +68,15 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=DTYPES[precision])
 
 
+class Evaluation(dict):
+    """What :func:`evaluate` returns: the metrics (a plain dict) and the gathered ``out`` dicts as ``.outputs``."""
+
+    outputs: list[dict[str, torch.Tensor]]
+
+
 @torch.no_grad()
-def evaluate(task: Task, model: nn.Module, loader: DataLoader, device: torch.device, cfg: TrainerConfig) -> dict:
-    """One pass over ``loader``: mean loss plus ``task.metrics`` of the gathered outputs.
+def evaluate(task: Task, model: nn.Module, loader: DataLoader, device: torch.device, cfg: TrainerConfig) -> Evaluation:
+    """One pass over ``loader``: mean loss plus ``task.metrics`` of the gathered outputs (kept in ``.outputs``).
 
     The loss sum stays on the device and outputs are copied to the host without
     waiting; the one sync is at the end of the pass.
@@ -88,7 +94,9 @@ def evaluate(task: Task, model: nn.Module, loader: DataLoader, device: torch.dev
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # the non_blocking copies above have landed
     metrics = task.metrics(outputs) if outputs else {}
-    return {"loss": float(loss_sum) / max(count, 1), **metrics}
+    result = Evaluation({"loss": float(loss_sum) / max(count, 1), **metrics})
+    result.outputs = outputs  # for Task.pictures: the outputs behind these metrics
+    return result
 
 
 def _to_host(t: torch.Tensor) -> torch.Tensor:

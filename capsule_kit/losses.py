@@ -6,8 +6,11 @@ Shapes: B batch, C classes (output capsules).
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import Tensor
 from torch.nn import functional as F
+
+from capsule_kit.config import Strict
 
 
 def as_targets(targets: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
@@ -34,6 +37,18 @@ def margin_loss(lengths: Tensor, targets: Tensor, m_pos: float = 0.9, m_neg: flo
     pos = t * F.relu(m_pos - lengths).pow(2)
     neg = lam * (1.0 - t) * F.relu(lengths - m_neg).pow(2)
     return (pos + neg).sum(dim=-1).mean()
+
+
+class MarginConfig(Strict):
+    """The margin loss of a recipe's ``loss`` section (tasks subclass it to add their own keys)."""
+
+    m_pos: float = Field(0.9, gt=0, le=1, description="Margin loss m+: present classes are pushed above it.")
+    m_neg: float = Field(0.1, ge=0, lt=1, description="Margin loss m-: absent classes are pushed below it.")
+    lam: float = Field(0.5, ge=0, description="Margin loss down-weighting of absent classes.")
+
+    def margin(self, lengths: Tensor, targets: Tensor) -> Tensor:
+        """:func:`margin_loss` with this section's margins. Shapes: lengths [B, C], targets [B] or [B, C]."""
+        return margin_loss(lengths, targets, self.m_pos, self.m_neg, self.lam)
 
 
 def spread_margin(step: int, total_steps: int, start: float = 0.2, end: float = 0.9) -> float:

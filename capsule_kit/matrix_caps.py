@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from capsule_kit.routing import build
+from capsule_kit.routing import RoutingConfig, as_routing
 from capsule_kit.shapes import expect_shape
 
 
@@ -49,7 +49,7 @@ class ConvCaps(nn.Module):
         out_types: Output capsule types T_out (classes for ``class_caps``).
         kernel_size: Receptive field K (ignored for ``class_caps``).
         stride: Stride.
-        iterations: EM iterations.
+        routing: The routing of matrix capsules (``"em"`` or a :class:`RoutingConfig`).
         class_caps: Build the class capsule layer.
 
     """
@@ -61,7 +61,7 @@ class ConvCaps(nn.Module):
         *,
         kernel_size: int = 3,
         stride: int = 1,
-        iterations: int = 3,
+        routing: RoutingConfig | str = "em",
         class_caps: bool = False,
     ) -> None:
         super().__init__()
@@ -69,7 +69,7 @@ class ConvCaps(nn.Module):
         self.in_types = in_types
         n_in = in_types * self.k * self.k
         self.weight = nn.Parameter(torch.randn(n_in, out_types, 4, 4) * 0.5)  # [K*K*T_in, T_out, 4, 4]
-        self.routing = build("em", num_out=out_types, iterations=iterations)
+        self.routing = as_routing(routing).build(num_out=out_types)
 
     def _patches(self, x: Tensor) -> Tensor:
         """[B, H, W, T, ...] -> [B, H', W', K*K*T, ...] receptive fields."""

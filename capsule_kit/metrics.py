@@ -5,6 +5,8 @@ Shapes: N examples, C classes.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -51,3 +53,24 @@ def labels(metrics: dict) -> dict[str, str]:
 def scalars(metrics: dict) -> dict[str, float]:
     """The float-valued entries of a metrics dict (for logs and tables)."""
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def multilabel_metrics(pred: Tensor, target: Tensor) -> dict[str, Any]:
+    """Exact-match accuracy, micro/macro-F1 and Hamming accuracy of multi-hot predictions.
+
+    Shapes:
+        pred: [N, C] 0/1, target: [N, C] 0/1
+    """
+    tp = (pred * target).sum(0)
+    fp, fn = (pred * (1 - target)).sum(0), ((1 - pred) * target).sum(0)
+    f1 = 2 * tp / (2 * tp + fp + fn).clamp(min=1e-12)
+    present = target.sum(0) > 0
+    micro = float(2 * tp.sum() / (2 * tp.sum() + fp.sum() + fn.sum()).clamp(min=1e-12))
+    exact = float((pred == target).all(-1).float().mean())
+    return {
+        "accuracy": exact,
+        "error": 1.0 - exact,
+        "micro_f1": micro,
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "hamming_accuracy": float((pred == target).float().mean()),
+    }

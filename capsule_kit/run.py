@@ -25,8 +25,9 @@ from capsule_kit.checkpoint import atomic_write_text, load_checkpoint, set_rng_s
 from capsule_kit.config import Recipe, apply_overrides, dump_yaml, read_yaml, to_plain, validate
 from capsule_kit.determinism import configure_determinism
 from capsule_kit.distributed import DistInfo, barrier, broadcast, pick_device, setup_device, shutdown
-from capsule_kit.engine import Trainer, evaluate, make_loader, unwrap
+from capsule_kit.engine import Trainer, evaluate, make_loader
 from capsule_kit.errors import CheckpointError, ConfigError, UserError
+from capsule_kit.loaders import unwrap
 from capsule_kit.metrics import scalars
 from capsule_kit.plots import standard_pictures
 from capsule_kit.report import read_json, write_report
@@ -110,9 +111,14 @@ def make_run_dir(cfg: Recipe, info: DistInfo, suffix: str = "") -> Path:
     return Path(broadcast(str(run_dir) if run_dir else None, info))
 
 
-def build_optimizer(model: torch.nn.Module, cfg) -> tuple[torch.optim.Optimizer, Any]:
-    """Optimizer from ``trainer`` options and a per-epoch exponential LR decay."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def build_optimizer(model: torch.nn.Module, cfg, groups: list[dict] | None = None) -> tuple[torch.optim.Optimizer, Any]:
+    """Optimizer from ``trainer`` options (and the task's parameter groups) with a per-epoch exponential LR decay."""
+    params: Any = [p for p in model.parameters() if p.requires_grad]
+    if groups:  # a group's lr_scale multiplies trainer.lr
+        params = [
+            {"params": [p for p in g["params"] if p.requires_grad], "lr": cfg.lr * g.get("lr_scale", 1.0)}
+            for g in groups
+        ]
     kinds = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
@@ -148,7 +154,8 @@ def run_fold(task: Task, fold: Any, index: int, ctx: dict, ckpt: dict | None) ->
             "chosen on the test split); use 'last' or give the task a validation split"
         )
     model = wrap_model(task.build_model(), cfg.trainer, device, info)
-    opt, sched = build_optimizer(model, cfg.trainer)
+    opt, sched = build_optimizer(model, cfg.trainer, task.param_groups(unwrap(model)))
+    task.before_training(unwrap(model), splits, device)
     extra = {"config": to_plain(cfg), "fold": index, "fold_results": ctx["fold_results"]}
     trainer = Trainer(task, model, opt, sched, splits, cfg.trainer, device, info, run_dir, extra)
     if ckpt is not None:
@@ -166,7 +173,8 @@ def run_fold(task: Task, fold: Any, index: int, ctx: dict, ckpt: dict | None) ->
     if info.main and not test:
         loader = make_loader(splits.test, splits, cfg.trainer, train=False, info=info)
         test = evaluate(task, unwrap(model), loader, device, cfg.trainer)
-    return test, trainer
+    ctx["test_outputs"] = getattr(test, "outputs", [])  # for task.pictures: the outputs behind the test metrics
+    return dict(test), trainer
 
 
 def load_best(trainer: Trainer, main: bool) -> None:
@@ -188,8 +196,7 @@ def summarize(task: Task, cfg: Recipe, folds: list[dict], run_dir: Path) -> dict
         "test_std": {k: float(v.std()) for k, v in stats.items()},
     }
     out["folds"] = folds
-    if hasattr(task, "summarize_folds"):
-        out.update(task.summarize_folds(folds, run_dir) or {})
+    out.update(task.summarize_folds(folds, run_dir) or {})
     return out
 
 
@@ -240,7 +247,7 @@ def finish(task: Task, cfg: Recipe, trainer: Trainer, ctx: dict, wall: float) ->
     """Write pictures and results.json for a finished run."""
     run_dir, st = ctx["run_dir"], trainer.state
     model = unwrap(trainer.model)
-    extra = task.pictures(model, trainer.splits, run_dir, ctx["device"]) or {}
+    extra = task.pictures(model, trainer.splits, run_dir, ctx["device"], ctx.get("test_outputs", [])) or {}
     results = {
         "name": cfg.name,
         "task": cfg.task,
@@ -305,8 +312,8 @@ def eval_checkpoint(
     run_dir = make_run_dir(cfg, info, suffix="-eval")
     atomic_write_text(run_dir / "run.json", json.dumps(environment(device, argv, overrides), indent=2))
     atomic_write_text(run_dir / "recipe.yaml", dump_yaml(cfg))
-    extra = task.pictures(model, splits, run_dir, device) or {}
-    results = {"name": cfg.name, "task": cfg.task, "checkpoint": str(path), "test": metrics, "extra": extra}
+    extra = task.pictures(model, splits, run_dir, device, metrics.outputs) or {}
+    results = {"name": cfg.name, "task": cfg.task, "checkpoint": str(path), "test": dict(metrics), "extra": extra}
     standard_pictures(run_dir, results)
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
     write_report(run_dir)

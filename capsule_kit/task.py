@@ -28,11 +28,14 @@ class Task:
     Subclasses set ``Config`` (a :class:`Recipe` subclass with their sections)
     and implement :meth:`build_data`, :meth:`build_model`, :meth:`step` and
     :meth:`metrics`. ``monitor``/``monitor_mode`` choose the metric behind the
-    ``best`` checkpoint.
+    ``best`` checkpoint. Everything else the runner calls is declared here with
+    a default: :meth:`folds`, :meth:`param_groups`, :meth:`before_training`,
+    :meth:`label_names`, :meth:`pictures` (given the evaluated test outputs, so a
+    task keeps no hidden state and never re-predicts) and :meth:`summarize_folds`.
 
     Attributes:
         cfg: The validated recipe.
-        progress: Fraction of training done in [0, 1], set by the engine before
+        progress: Fraction of training done in [0, 1], written by the engine before
             each step (for schedules such as the spread-loss margin).
 
     """
@@ -40,6 +43,7 @@ class Task:
     Config: ClassVar[type[Recipe]] = Recipe
     monitor: ClassVar[str] = "accuracy"
     monitor_mode: ClassVar[str] = "max"
+    progress: float
 
     def __init__(self, cfg: Recipe) -> None:
         self.cfg = cfg
@@ -76,8 +80,38 @@ class Task:
         """Metrics of an evaluation pass from the gathered ``out`` dicts."""
         return {}
 
-    def pictures(self, model: nn.Module, data: Splits, run_dir: Path, device: Any) -> dict[str, Any]:
-        """Write figures/files for people to look at; return extra results (plain data)."""
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]] | None:
+        """Optimizer parameter groups (e.g. ``[{"params": [...], "lr_scale": 30.0}, ...]``); None: one group.
+
+        A group's ``lr_scale`` multiplies ``trainer.lr`` for its parameters. Parameters
+        that do not require gradients are left out by the runner.
+        """
+        return None
+
+    def before_training(self, model: nn.Module, data: Splits, device: Any) -> None:
+        """Called once per fold before the first step, with the model on its device (e.g. to fill caches)."""
+
+    def label_names(self) -> list[str] | None:
+        """Display names of the classes (after :meth:`build_data`), or None."""
+        return None
+
+    def pictures(
+        self, model: nn.Module, data: Splits, run_dir: Path, device: Any, outputs: list[dict[str, Tensor]]
+    ) -> dict[str, Any]:
+        """Write figures/files for people to look at; return extra results (plain data).
+
+        Args:
+            model: The finished model.
+            data: The last fold's datasets.
+            run_dir: Where to write.
+            device: The model's device.
+            outputs: The gathered ``out`` dicts of the final test evaluation (what :meth:`metrics` saw).
+
+        """
+        return {}
+
+    def summarize_folds(self, fold_results: list[dict[str, Any]], run_dir: Path) -> dict[str, Any]:
+        """Extra results of a cross-validated run from its per-fold test results (default: none)."""
         return {}
 
 

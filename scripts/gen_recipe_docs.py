@@ -5,6 +5,7 @@ Usage: python scripts/gen_recipe_docs.py [--check]
 
 from __future__ import annotations
 
+import inspect
 import sys
 import typing
 from pathlib import Path
@@ -12,7 +13,8 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from capsule_kit.config import Recipe
-from capsule_kit.registry import TASKS
+from capsule_kit.registry import ROUTING, TASKS
+from capsule_kit.routing.config import STRUCTURAL, routing_kind
 from capsule_kit.task import load_plugins
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "recipes.md"
@@ -33,10 +35,13 @@ def rows(model: type[BaseModel], prefix: str) -> list[str]:
     out = []
     for name, field in model.model_fields.items():
         key, ann = f"{prefix}{name}", field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
+        open_section = isinstance(ann, type) and issubclass(ann, BaseModel) and ann.model_config.get("extra") == "allow"
+        if isinstance(ann, type) and issubclass(ann, BaseModel) and not open_section:
             out += rows(ann, key + ".")
             continue
         value = None if field.is_required() else field.get_default(call_default_factory=True)
+        if open_section:  # e.g. model.routing: one row, its default as a mapping (its options are the extras)
+            value = value.model_dump(exclude_none=True) if value is not None else None
         default = "required" if field.is_required() else repr(str(value) if isinstance(value, Path) else value)
         cells = [f"`{key}`", f"`{type_name(ann)}`", f"`{default}`", field.description or ""]
         out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
@@ -48,9 +53,25 @@ def table(model: type[BaseModel], prefix: str = "", skip: tuple[str, ...] = ()) 
     return "\n".join(["| key | type | default | description |", "|---|---|---|---|", *body])
 
 
+def routing_table() -> str:
+    """Registered routings: kind, and the options ``model.routing`` takes for each (with defaults)."""
+    lines = [
+        "\n## Routing (`model.routing`, every task)\n",
+        "`model.routing: {name, iterations, <options>}`; a model takes every registered routing of its kind "
+        "(vector capsules: capsnet, efficient_capsnet, text, graphs, points; matrix capsules: matrix_capsnet).\n",
+        "| name | kind | iterations (default) | options (default) |",
+        "|---|---|---|---|",
+    ]
+    for name in ROUTING.names():
+        params = inspect.signature(ROUTING.get(name).__init__).parameters
+        opts = [f"`{k}={p.default!r}`" for k, p in params.items() if p.kind is p.KEYWORD_ONLY and k not in STRUCTURAL]
+        lines.append(f"| `{name}` | {routing_kind(name)} | {params['iterations'].default} | {', '.join(opts)} |")
+    return "\n".join(lines)
+
+
 def render() -> str:
     load_plugins()
-    parts = [HEADER, "## Shared keys (every task)\n", table(Recipe)]
+    parts = [HEADER, "## Shared keys (every task)\n", table(Recipe), routing_table()]
     for name in TASKS.names():
         cls = TASKS.get(name)
         doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""

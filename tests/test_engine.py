@@ -22,8 +22,15 @@ from capsule_kit.meters import CheckpointClock, RunningSums, parse_every
 from capsule_kit.progress import MetricsLog, Progress
 from tests.helpers import REPO, only_run_dir, run_cli
 
-TINY = ["model.name=capsnet_tiny", "data.train_limit=48", "data.test_limit=32", "trainer.batch_size=16",
-        "trainer.log_every=1", "trainer.eval_max_steps=1"]  # fmt: skip
+TINY = [
+    "model.name=capsnet_tiny",
+    "split.val_size=null",
+    "data.train_limit=48",
+    "data.test_limit=32",
+    "trainer.batch_size=16",
+    "trainer.log_every=1",
+    "trainer.eval_max_steps=1",
+]  # fmt: skip  (no validation)
 FAULTY = ["recipes/mnist.yaml", "task=tests.fault_tasks:FaultyDigits", *TINY, "trainer.progress=false"]
 
 

@@ -15,11 +15,9 @@ pytest.importorskip("torch_geometric")
 pytest.importorskip("sklearn")
 
 from capsule_kit.config import validate  # noqa: E402
-from capsule_kit.errors import ConfigError, DataError  # noqa: E402
-from capsule_kit.routing import DynamicRouting  # noqa: E402
-from capsule_kit_tasks.graphs.data import collate, load_graphs, split_indices  # noqa: E402
+from capsule_kit.errors import DataError  # noqa: E402
+from capsule_kit_tasks.graphs.data import collate, load_graphs  # noqa: E402
 from capsule_kit_tasks.graphs.model import CapsGNN, NodeAttention  # noqa: E402
-from capsule_kit_tasks.graphs.routing import scatter_route  # noqa: E402
 from capsule_kit_tasks.graphs.task import GraphTask, balanced_recon_loss  # noqa: E402
 from tests.conftest import REPO, data_path  # noqa: E402
 
@@ -49,42 +47,6 @@ def copy_mutag(tmp_path):
     dst = tmp_path / "data" / "graphs" / "TU" / "MUTAG" / "raw"
     shutil.copytree(MUTAG, dst)
     return tmp_path / "data", dst
-
-
-# --- routing -------------------------------------------------------------------------------------
-
-
-def test_scatter_route_one_graph_equals_dense_dynamic_routing():
-    torch.manual_seed(0)
-    votes = torch.randn(7, 3, 4, 5, dtype=torch.float64)  # [V, C, N_o, D_o]
-    poses, coupling = scatter_route(votes, torch.zeros(7, dtype=torch.long), 1, iterations=3)
-    ref = DynamicRouting(iterations=3)(votes.reshape(1, 21, 4, 5))  # the core's dense routing, N_i = V * C
-    torch.testing.assert_close(poses, ref.poses)
-    torch.testing.assert_close(coupling.reshape(1, 21, 4), ref.coupling)
-    torch.testing.assert_close(coupling.sum(-1), torch.ones(7, 3, dtype=torch.float64))  # softmax over outputs
-
-
-def test_scatter_route_batch_equals_each_graph_alone():
-    torch.manual_seed(1)
-    sizes = [1, 5, 3, 12]
-    votes = torch.randn(sum(sizes), 2, 3, 4, dtype=torch.float64, requires_grad=True)
-    batch = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
-    poses, coupling = scatter_route(votes, batch, len(sizes), iterations=3)
-    start = 0
-    for g, n in enumerate(sizes):
-        alone, c_alone = scatter_route(votes[start : start + n], torch.zeros(n, dtype=torch.long), 1, iterations=3)
-        torch.testing.assert_close(poses[g], alone[0])
-        torch.testing.assert_close(coupling[start : start + n], c_alone)
-        start += n
-    poses.pow(2).sum().backward()
-    assert torch.isfinite(votes.grad).all() and votes.grad.abs().sum() > 0
-
-
-def test_scatter_route_rejects_bad_shapes():
-    with pytest.raises(ValueError, match=r"\[V, C, N_o, D_o\]"):
-        scatter_route(torch.randn(4, 3, 2), torch.zeros(4, dtype=torch.long), 1)
-    with pytest.raises(ValueError, match="batch must be"):
-        scatter_route(torch.randn(4, 1, 3, 2), torch.zeros(5, dtype=torch.long), 1)
 
 
 # --- model ---------------------------------------------------------------------------------------
@@ -218,22 +180,6 @@ def test_edited_raw_files_are_processed_again(tmp_path, cache_env):
     assert load_graphs(tmp_path, "EDIT").labels.tolist() == [0, 1]
     (raw / "EDIT_graph_labels.txt").write_text("7\n3\n")  # new size: a new cache entry, not the stale one
     assert load_graphs(tmp_path, "EDIT").labels.tolist() == [1, 0]
-
-
-def test_stratified_folds_partition_and_seed():
-    labels = np.array([0] * 30 + [1] * 20)
-    tests = [split_indices(labels, folds=5, fold=k, seed=3, test_fraction=0.1, val_fraction=0.0) for k in range(5)]
-    all_test = np.concatenate([t[2] for t in tests])
-    assert sorted(all_test.tolist()) == list(range(50))  # every graph tested exactly once
-    for train, val, test in tests:
-        assert val is None and not set(train) & set(test)
-        assert np.bincount(labels[test]).tolist() == [6, 4]  # stratified
-    again = split_indices(labels, folds=5, fold=2, seed=3, test_fraction=0.1, val_fraction=0.0)
-    assert np.array_equal(again[2], tests[2][2])
-    train, val, test = split_indices(labels, folds=1, fold=0, seed=0, test_fraction=0.2, val_fraction=0.25)
-    assert (len(train), len(val), len(test)) == (30, 10, 10)
-    with pytest.raises(ConfigError, match=r"class counts \[30, 20\]"):
-        split_indices(labels, folds=31, fold=0, seed=0, test_fraction=0.1, val_fraction=0.0)
 
 
 @needs_mutag

@@ -30,7 +30,7 @@ def test_graph_recipes_validate(name, capsys):
 
 @needs_mutag
 def test_cli_one_fold_two_steps_on_mutag(tmp_path, cache_env):
-    proc = run_cli(RECIPE, "cv.folds=1", *QUICK, f"output_dir={tmp_path / 'runs'}")
+    proc = run_cli(RECIPE, "split.folds=1", *QUICK, f"output_dir={tmp_path / 'runs'}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     run_dir = only_run_dir(tmp_path / "runs")
     res = results(run_dir)
@@ -41,7 +41,7 @@ def test_cli_one_fold_two_steps_on_mutag(tmp_path, cache_env):
 
 @needs_mutag
 def test_two_fold_cv_writes_fold_results_mean_std_and_plot(tmp_path, cache_env, capsys):
-    argv = [RECIPE, "cv.folds=2", "trainer.max_steps=1", "trainer.eval_max_steps=1", "trainer.progress=false",
+    argv = [RECIPE, "split.folds=2", "trainer.max_steps=1", "trainer.eval_max_steps=1", "trainer.progress=false",
             "trainer.batch_size=4", f"output_dir={tmp_path / 'runs'}"]  # fmt: skip
     assert run.main(argv) == 0
     run_dir = only_run_dir(tmp_path / "runs")
@@ -76,5 +76,5 @@ def test_inconsistent_data_exits_2(tmp_path, capsys, cache_env):
     raw = tmp_path / "graphs" / "TU" / "MUTAG" / "raw"
     shutil.copytree(MUTAG, raw)
     (raw / "MUTAG_graph_labels.txt").write_text("1\n" * 187)  # one graph too few
-    err = one_error_line(capsys, [RECIPE, f"data.root={tmp_path}", "cv.folds=1", *QUICK, f"output_dir={tmp_path}"])
+    err = one_error_line(capsys, [RECIPE, f"data.root={tmp_path}", "split.folds=1", *QUICK, f"output_dir={tmp_path}"])
     assert "MUTAG_graph_indicator.txt: graph id 188 out of range 1..187" in err

@@ -7,7 +7,7 @@ import torch
 
 from capsule_kit.functional import squash
 from capsule_kit.layers import CapsuleDecoder, ConvCaps, DenseCaps, PrimaryCaps, mask_capsules
-from capsule_kit.routing import Routed
+from capsule_kit.routing import Routed, RoutingConfig
 
 
 def test_primary_caps_groups_the_channels_of_one_type_at_one_position():
@@ -127,7 +127,7 @@ def test_mask_capsules_by_label_multi_hot_and_top_k():
 
 def test_conv_caps_shapes_and_activation_range():
     torch.manual_seed(0)
-    layer = ConvCaps(2, 3, kernel_size=3, stride=2, iterations=2)
+    layer = ConvCaps(2, 3, kernel_size=3, stride=2, routing=RoutingConfig(name="em", iterations=2))
     poses, acts = torch.randn(2, 7, 7, 2, 16), torch.rand(2, 7, 7, 2)
     out_p, out_a = layer(poses, acts)
     assert out_p.shape == (2, 3, 3, 3, 16) and out_a.shape == (2, 3, 3, 3)
@@ -181,7 +181,7 @@ def test_class_caps_coordinate_addition_at_indices_3_and_7():
 
 
 def test_class_caps_output_shapes():
-    layer = ConvCaps(2, 5, class_caps=True, iterations=2)
+    layer = ConvCaps(2, 5, class_caps=True, routing=RoutingConfig(name="em", iterations=2))
     out_p, out_a = layer(torch.randn(3, 2, 2, 2, 16), torch.rand(3, 2, 2, 2))
     assert out_p.shape == (3, 5, 16) and out_a.shape == (3, 5)
 

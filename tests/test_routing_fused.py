@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from capsule_kit.layers import DenseCaps
-from capsule_kit.routing import DynamicRouting
+from capsule_kit.routing import DynamicRouting, RoutingConfig
 from capsule_kit.routing import fused as fused_routing
 
 CAN_BUILD = shutil.which("c++") is not None and (Path(sysconfig.get_paths()["include"]) / "Python.h").exists()
@@ -70,7 +70,7 @@ def test_fused_float32_denscaps_matches_eager_layer():
     """The layer as DigitCaps uses it (chunked batch, float32): outputs, input and weight gradients."""
     torch.manual_seed(0)
     eager = DenseCaps(72, 8, 10, 16, max_vote_bytes=72 * 160 * 4 * 3)  # chunks of 3 samples
-    fast = DenseCaps(72, 8, 10, 16, max_vote_bytes=72 * 160 * 4 * 3, routing_options={"fused": True})
+    fast = DenseCaps(72, 8, 10, 16, max_vote_bytes=72 * 160 * 4 * 3, routing=RoutingConfig(name="dynamic", fused=True))
     fast.load_state_dict(eager.state_dict())
     u, g = torch.randn(7, 72, 8) * 0.5, torch.randn(7, 10, 16)
     results = []

@@ -64,8 +64,8 @@ def test_errors_are_one_line_with_exit_2(tmp_path, capsys):
     assert "unknown routing 'dynamc'" in error_line(capsys, [mnist, "model.routing.name=dynamc", "--validate"])
     err = error_line(capsys, [mnist, f"data.root={tmp_path / 'missing'}", "--validate"])
     assert "MNIST idx files not found" in err and str(tmp_path / "missing") in err
-    out = tmp_path / "runs"  # MNIST has no validation split: 'best' would be picked on the test split
-    err = error_line(capsys, [mnist, *TINY, "trainer.test_weights=best", f"output_dir={out}"])
+    out = tmp_path / "runs"  # without its validation digits 'best' would be picked on the test split
+    err = error_line(capsys, [mnist, *TINY, "split.val_size=null", "trainer.test_weights=best", f"output_dir={out}"])
     assert "trainer.test_weights: 'best' needs a validation split" in err
 
 
@@ -169,7 +169,7 @@ def test_signal_mid_epoch_saves_and_resumes_exactly(tmp_path, monkeypatch):
 
 def test_cli_writes_run_directory_and_eval(tmp_path):
     out = tmp_path / "runs"
-    proc = run_cli("recipes/mnist.yaml", *TINY, "trainer.max_steps=2", f"output_dir={out}")
+    proc = run_cli("recipes/mnist.yaml", *TINY, "split.val_size=null", "trainer.max_steps=2", f"output_dir={out}")
     assert proc.returncode == 0, proc.stderr
     run_dir = only_run_dir(out)
     for name in (
@@ -223,8 +223,19 @@ def test_tensorboard_scalars_and_pictures(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "runs"
-    assert run.main([str(REPO / "recipes" / "mnist.yaml"), *TINY, "trainer.max_steps=2", "trainer.tensorboard=true",
-                     f"output_dir={out}"]) == 0  # fmt: skip
+    assert (
+        run.main(
+            [
+                str(REPO / "recipes" / "mnist.yaml"),
+                *TINY,
+                "trainer.max_steps=2",
+                "trainer.tensorboard=true",
+                "split.val_size=null",
+                f"output_dir={out}",
+            ]
+        )
+        == 0
+    )  # fmt: skip  (no val: epochs evaluate test)
     run_dir = only_run_dir(out)
     events = EventAccumulator(str(run_dir / "tb"), size_guidance={"images": 0, "scalars": 0}).Reload()
     losses = [e.value for e in events.Scalars("train/loss")]

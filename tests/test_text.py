@@ -13,9 +13,11 @@ pytest.importorskip("datasets")
 from capsule_kit.config import validate  # noqa: E402
 from capsule_kit.errors import ConfigError, DataError  # noqa: E402
 from capsule_kit.layers import DenseCaps  # noqa: E402
-from capsule_kit_tasks.text.data import build_tokenizer, load_vectors  # noqa: E402
+from capsule_kit.routing import RoutingConfig  # noqa: E402
+from capsule_kit_tasks.text.config import ModelConfig, TextConfig  # noqa: E402
 from capsule_kit_tasks.text.model import SequenceConvCaps, TextCapsNet, build_text_model, decode_meta  # noqa: E402
-from capsule_kit_tasks.text.task import ModelConfig, TextConfig, TextTask  # noqa: E402
+from capsule_kit_tasks.text.task import TextTask  # noqa: E402
+from capsule_kit_tasks.text.vocab import build_tokenizer, load_vectors  # noqa: E402
 
 TINY = {
     "embed_dim": 8,
@@ -43,10 +45,11 @@ def write_tsv(path, rows, header="label\ttext"):
     return path
 
 
-def make_task(tmp_path, **data) -> TextTask:
+def make_task(tmp_path, split: dict | None = None, **data) -> TextTask:
     raw = {
         "task": "text",
         "data": {"root": str(tmp_path), "dir": "d", "val": None, **data},
+        "split": split or {},
         "model": TINY,
         "trainer": {"batch_size": 4},
     }
@@ -64,7 +67,9 @@ def _cache(cache_env):
 
 def test_conv_caps_equals_naive_window_loop():
     torch.manual_seed(0)
-    layer = SequenceConvCaps(3, 4, 2, 5, kernel_size=3, routing_options={"iterations": 3, "leaky": True}).double()
+    layer = SequenceConvCaps(
+        3, 4, 2, 5, kernel_size=3, routing=RoutingConfig(name="dynamic", iterations=3, leaky=True)
+    ).double()
     caps = torch.randn(2, 6, 3, 4, dtype=torch.float64) * 0.3
     mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]], dtype=torch.bool)
     caps = caps * mask[..., None, None]
@@ -106,7 +111,8 @@ def test_output_independent_of_padding_and_batch():
 
 def test_stabilisers_switch_routing():
     torch.manual_seed(0)
-    on, off = tiny_model(leaky=True, amendment=True), tiny_model(leaky=False, amendment=False)
+    on = tiny_model(routing={"name": "dynamic", "leaky": True}, amendment=True)
+    off = tiny_model(routing={"name": "dynamic", "leaky": False}, amendment=False)
     off.load_state_dict(on.state_dict())
     branch = on.branches[0]
     assert branch.conv_caps.caps.routing.leaky and branch.class_caps.routing.leaky and branch.amend
@@ -122,7 +128,7 @@ def test_stabilisers_switch_routing():
 
 def test_amendment_scales_couplings_by_child_length():
     torch.manual_seed(0)
-    caps = DenseCaps(4, 3, 2, 5, routing_options={"iterations": 1})
+    caps = DenseCaps(4, 3, 2, 5, routing=RoutingConfig(name="dynamic", iterations=1))
     u = torch.randn(1, 4, 3)
     acts = torch.tensor([[1.0, 0.5, 0.0, 0.25]])
     routed = caps(u, acts)
@@ -195,7 +201,13 @@ def test_string_and_multi_labels_from_jsonl(tmp_path):
     assert task.keys == ["fun", "neg", "pos"]
     assert splits.train.labels.tolist() == [[1, 0, 1], [0, 1, 0], [1, 0, 0]]
     model = task.build_model()
-    res = task.step(model, splits.collate([splits.train[i] for i in range(3)]), train=True)
+    batch = splits.collate([splits.train[i] for i in range(3)])  # tokenized in the loader, by the model's tokenizer
+    want = model.encode(["great fun", "dull", "fun but bad"])
+    assert set(batch) == {"ids", "mask", "label"} and all(
+        torch.equal(a, b) for a, b in zip(want, (batch["ids"], batch["mask"]))
+    )
+    model.encode = None  # the step never tokenizes
+    res = task.step(model, batch, train=True)
     res["loss"].backward()
     assert res["out"]["lengths"].shape == (3, 3) and torch.isfinite(res["loss"])
     metrics = task.metrics(
@@ -263,24 +275,29 @@ def test_missing_file_and_folds_need_no_test(tmp_path):
     with pytest.raises(DataError, match="CAPSULE_KIT_DATA"):
         make_task(tmp_path).check_data()
     with pytest.raises(ConfigError, match="data.test: null"):
-        make_task(tmp_path, folds=5).check_data()
-    with pytest.raises(ConfigError, match="data.folds: .*drop data.folds or data.hub"):
-        make_task(tmp_path, hub="someone/sst2", test=None, folds=5).check_data()
+        make_task(tmp_path, split={"folds": 5}).check_data()
+    with pytest.raises(ConfigError, match="split.folds: .*drop split.folds or data.hub"):
+        make_task(tmp_path, split={"folds": 5}, hub="someone/sst2", test=None).check_data()
+    with pytest.raises(ConfigError, match="unknown key 'data.folds' \\(did you mean 'split.folds'\\?\\)"):
+        make_task(tmp_path, folds=5)
 
 
 def test_cv_folds_partition_the_file(tmp_path):
     rows = [(i % 2, f"text number {i}") for i in range(23)]
     write_tsv(tmp_path / "d" / "all.tsv", rows)
-    task = make_task(tmp_path, train="all.tsv", test=None, folds=5)
+    task = make_task(tmp_path, split={"folds": 5}, train="all.tsv", test=None)
     assert task.folds() == [0, 1, 2, 3, 4]
     held = []
     for fold in task.folds():
         s = task.build_data(fold)
         assert len(s.train) + len(s.test) == 23 and not set(s.train.texts) & set(s.test.texts)
+        assert abs(int(s.test.labels.sum()) * 2 - len(s.test)) <= 1  # stratified: both labels in every fold
         held += s.test.texts
     assert sorted(held) == sorted(t for _, t in rows)
-    holdout = make_task(tmp_path, train="all.tsv", test=None).build_data()
-    assert (len(holdout.train), len(holdout.test)) == (21, 2)
+    holdout = make_task(tmp_path, split={"test_fraction": 0.2, "val_fraction": 0.25}, train="all.tsv", test=None)
+    s = holdout.build_data()
+    assert (len(s.train), len(s.val), len(s.test)) == (13, 5, 5)  # sklearn rounds held-out shares up
+    assert sorted(s.train.texts + s.val.texts + s.test.texts) == sorted(t for _, t in rows)
 
 
 # --- pretrained front end ----------------------------------------------------------------------------
@@ -385,3 +402,15 @@ def test_csv_with_quotes_and_string_labels(tmp_path):
     splits = task.build_data()
     assert splits.train.texts == ["good, really good", "NA", 'bad "film"']  # "NA" stays text
     assert task.keys == ["high", "low"] and splits.train.labels.tolist() == [0, 1, 1]
+
+
+def test_learned_embeddings_are_a_parameter_group(tmp_path):
+    write_tsv(tmp_path / "d" / "train.tsv", [(i % 2, f"text number {i}") for i in range(8)])
+    task = make_task(tmp_path, test="train.tsv")
+    task.build_data()
+    model = task.build_model()
+    table, rest = task.param_groups(model)
+    assert table["params"] == [model.front.embed.weight] and table["lr_scale"] == task.cfg.model.embed_lr_scale
+    assert len(rest["params"]) == len(list(model.parameters())) - 1
+    ids = torch.tensor([[2, 3]])
+    assert torch.equal(model.front(ids, ids > 0), model.front.embed.weight[ids])  # stored as used: no scaling trick

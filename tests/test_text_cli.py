@@ -50,7 +50,7 @@ def test_sst2_two_steps_then_eval_and_predict(tmp_path, cache_env, capsys):
     assert sum(map(sum, res["test"]["confusion_matrix"])) == 16  # eval_max_steps=2 x batch 8
     assert res["extra"]["labels"] == ["negative", "positive"] and (run_dir / "confusion.png").stat().st_size > 0
     rows = (run_dir / "predictions.tsv").read_text(encoding="utf-8").splitlines()
-    assert len(rows) == 1 + 1821 and rows[0].split("\t") == ["index", "text", "label", "predicted", "capsule_lengths"]
+    assert len(rows) == 1 + 16 and rows[0].split("\t") == ["index", "text", "label", "predicted", "capsule_lengths"]
     assert json.loads((run_dir / "labels.json").read_text())[1] == {"index": 1, "value": "1", "name": "positive"}
     page = (run_dir / "report.html").read_text(encoding="utf-8")
     assert 'data-file="confusion.png"' in page and "<h2>Predictions</h2>" in page

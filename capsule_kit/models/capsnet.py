@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from capsule_kit.layers import CapsuleDecoder, DenseCaps, PrimaryCaps, mask_capsules
 from capsule_kit.registry import MODELS
+from capsule_kit.routing import RoutingConfig
 
 
 class CapsOutput(NamedTuple):
@@ -41,7 +42,6 @@ class CapsNet(nn.Module):
     Args:
         input_shape: (C, H, W) of one input.
         num_classes: Class capsules.
-        routing_iterations: Dynamic routing iterations.
         conv_channels: Channels of the first convolution (256).
         primary_types: Primary capsule types (32).
         primary_dim: Primary capsule dim (8).
@@ -50,17 +50,19 @@ class CapsNet(nn.Module):
         decoder: Add the reconstruction decoder.
         decoder_hidden: Hidden widths of the decoder.
         mask_k: Capsules kept for reconstruction when no label is given (2 for MultiMNIST).
-        routing: Routing name for the class capsules.
+        routing: Routing of the class capsules: any vector routing, by name or as a
+            :class:`~capsule_kit.routing.RoutingConfig` (default: dynamic, 3 iterations).
         shared: Transform sharing of the class capsule layer (see :class:`DenseCaps`).
 
     """
+
+    routing_kind = "vector"
 
     def __init__(
         self,
         *,
         input_shape: tuple[int, int, int] = (1, 28, 28),
         num_classes: int = 10,
-        routing_iterations: int = 3,
         conv_channels: int = 256,
         primary_types: int = 32,
         primary_dim: int = 8,
@@ -69,7 +71,7 @@ class CapsNet(nn.Module):
         decoder: bool = True,
         decoder_hidden: tuple[int, ...] = (512, 1024),
         mask_k: int = 1,
-        routing: str = "dynamic",
+        routing: RoutingConfig | str = "dynamic",
         shared: str = "none",
     ) -> None:
         super().__init__()
@@ -78,14 +80,12 @@ class CapsNet(nn.Module):
         self.conv1 = nn.Conv2d(c, conv_channels, kernel_size)
         self.primary = PrimaryCaps(conv_channels, num_types=primary_types, dim=primary_dim, kernel_size=kernel_size)
         grid = conv_out(conv_out(h, kernel_size), kernel_size, 2) * conv_out(conv_out(w, kernel_size), kernel_size, 2)
-        options = {"iterations": routing_iterations} if routing != "attention" else {}
         self.classes = DenseCaps(
             primary_types * grid,
             primary_dim,
             num_classes,
             class_dim,
             routing=routing,
-            routing_options=options,
             shared=shared,
             types=primary_types,
         )

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from capsule_kit.layers import CapsuleDecoder, DenseCaps, PrimaryCaps, mask_capsules
 from capsule_kit.models.capsnet import CapsOutput, conv_out
 from capsule_kit.registry import MODELS
+from capsule_kit.routing import RoutingConfig
 
 
 def _conv_bn(c_in: int, c_out: int, k: int, stride: int = 1) -> nn.Sequential:
@@ -29,8 +30,12 @@ class EfficientCapsNet(nn.Module):
         class_dim: Class capsule dim (16).
         decoder: Add the reconstruction decoder (not counted in the paper's 161k).
         mask_k: Capsules kept for reconstruction when no label is given.
+        routing: Routing of the class capsules: any vector routing (default: the
+            paper's self-attention routing).
 
     """
+
+    routing_kind = "vector"
 
     def __init__(
         self,
@@ -43,6 +48,7 @@ class EfficientCapsNet(nn.Module):
         class_dim: int = 16,
         decoder: bool = True,
         mask_k: int = 1,
+        routing: RoutingConfig | str = "attention",
     ) -> None:
         super().__init__()
         c, h, w = input_shape
@@ -61,7 +67,7 @@ class EfficientCapsNet(nn.Module):
             primary_dim,
             num_classes,
             class_dim,
-            routing="attention",
+            routing=routing,
             init_std=(2.0 / (primary_dim + class_dim)) ** 0.5,
         )
         self.mask_k, self.input_shape = mask_k, tuple(input_shape)

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from capsule_kit.layers import ConvCaps, PrimaryMatrixCaps
 from capsule_kit.models.capsnet import CapsOutput
 from capsule_kit.registry import MODELS
+from capsule_kit.routing import RoutingConfig
 
 
 class MatrixCapsNet(nn.Module):
@@ -25,12 +26,14 @@ class MatrixCapsNet(nn.Module):
         b: Primary capsule types.
         c: ConvCaps1 types.
         d: ConvCaps2 types.
-        iterations: EM iterations.
         batch_norm: Batch normalisation after the first convolution (as public ports do; it
             speeds up EM's slow start).
         padding: Zero padding of the first convolution (0: 12x12 primary capsules on 28x28).
+        routing: Routing of every capsule layer: a matrix routing (default: EM, 3 iterations).
 
     """
+
+    routing_kind = "matrix"
 
     def __init__(
         self,
@@ -41,18 +44,18 @@ class MatrixCapsNet(nn.Module):
         b: int = 8,
         c: int = 16,
         d: int = 16,
-        iterations: int = 3,
         batch_norm: bool = False,
         padding: int = 2,
+        routing: RoutingConfig | str = "em",
     ) -> None:
         super().__init__()
         self.input_shape = tuple(input_shape)
         self.conv1 = nn.Conv2d(input_shape[0], a, 5, stride=2, padding=padding)
         self.norm = nn.BatchNorm2d(a) if batch_norm else nn.Identity()
         self.primary = PrimaryMatrixCaps(a, b)
-        self.caps1 = ConvCaps(b, c, kernel_size=3, stride=2, iterations=iterations)
-        self.caps2 = ConvCaps(c, d, kernel_size=3, stride=1, iterations=iterations)
-        self.classes = ConvCaps(d, num_classes, iterations=iterations, class_caps=True)
+        self.caps1 = ConvCaps(b, c, kernel_size=3, stride=2, routing=routing)
+        self.caps2 = ConvCaps(c, d, kernel_size=3, stride=1, routing=routing)
+        self.classes = ConvCaps(d, num_classes, routing=routing, class_caps=True)
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> CapsOutput:
         """Shapes: x [B, C, H, W] -> activations [B, N_o], poses [B, N_o, 16], no reconstruction."""
@@ -83,4 +86,6 @@ def matrix_capsnet_small(**kwargs) -> MatrixCapsNet:
 @MODELS.register("matrix_capsnet_tiny")
 def matrix_capsnet_tiny(**kwargs) -> MatrixCapsNet:
     """A tiny EM model for tests (A=8, B=2, C=D=4, 2 iterations)."""
-    return MatrixCapsNet(**{"a": 8, "b": 2, "c": 4, "d": 4, "iterations": 2, **kwargs})
+    return MatrixCapsNet(
+        **{"a": 8, "b": 2, "c": 4, "d": 4, "routing": RoutingConfig(name="em", iterations=2), **kwargs}
+    )

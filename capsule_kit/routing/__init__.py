@@ -3,6 +3,7 @@
 from capsule_kit.registry import ROUTING
 from capsule_kit.routing.attention import AttentionRouting
 from capsule_kit.routing.base import Routed, Routing
+from capsule_kit.routing.config import RoutingConfig, VectorRouting, as_routing, routing_kind, routings_of
 from capsule_kit.routing.dynamic import DynamicRouting, leaky_softmax
 from capsule_kit.routing.em import EMRouting
 
@@ -36,6 +37,11 @@ __all__ = [
     "ROUTING",
     "Routed",
     "Routing",
+    "RoutingConfig",
+    "VectorRouting",
+    "as_routing",
+    "routing_kind",
+    "routings_of",
     "build",
     "leaky_softmax",
     "names",

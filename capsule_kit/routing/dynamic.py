@@ -9,6 +9,11 @@ detached votes, so gradients reach the votes only through the final ``s_j``.
 Optional leaky softmax (Zhao et al. 2018): an extra orphan logit fixed at 0
 absorbs coupling from children that agree with no parent.
 
+Ragged inputs (``index=``, e.g. the node capsules of a batch of graphs): the
+coupling softmax is per input capsule, so it never mixes rows; the sums over an
+example's inputs are ``index_add`` over ``index``, and each row's agreement is
+taken with the poses of its own example, gathered back by ``poses[index]``.
+
 Speed: both contractions are batched matrix-vector products over (B, N_o) on a
 [B, N_o, N_i, D_o] view, so each pass reads the votes once and no ``repeat``ed
 or broadcast [B, N_i, N_o, D_o] temporaries are created. The gradient of the
@@ -23,7 +28,7 @@ from torch import Tensor
 from capsule_kit.functional import get_squash, safe_norm
 from capsule_kit.registry import ROUTING
 from capsule_kit.routing import fused
-from capsule_kit.routing.base import Routed, Routing, route_major
+from capsule_kit.routing.base import Routed, Routing, route_major, scatter_sum
 
 
 def leaky_softmax(logits: Tensor, dim: int) -> Tensor:
@@ -140,15 +145,40 @@ class DynamicRouting(Routing):
         # Logits in at least fp32 (bf16 votes under autocast), fp64 stays fp64 (gradcheck).
         logits = u.new_zeros(batch, n_out, n_in, dtype=torch.promote_types(u.dtype, torch.float32))  # [B, N_o, N_i]
         for it in range(self.iterations):
-            coupling = leaky_softmax(logits, 1) if self.leaky else torch.softmax(logits, dim=1)
-            if activations is not None:  # coefficient amendment: scale by child activation
-                coupling = coupling * activations.unsqueeze(1).to(coupling.dtype)
+            coupling = self.couple(logits, activations)
             if it == self.iterations - 1:  # only this pass is differentiated wrt the votes
                 poses = self.squash(_WeightedSum.apply(coupling.to(u.dtype), u))  # [B, N_o, D_o]
             else:
                 poses = self.squash(torch.matmul(coupling.to(u.dtype).unsqueeze(2), u_detached).squeeze(2))
                 # v^T u^T rather than u v: the same numbers, ~2x faster on CPU for input-major votes
                 agree = torch.matmul(poses.unsqueeze(2), u_detached.transpose(-1, -2)).squeeze(2)  # [B, N_o, N_i]
+                logits = logits + agree.to(logits.dtype)
+        return Routed(poses, safe_norm(poses, dim=-1), coupling.transpose(1, 2))
+
+    def couple(self, logits: Tensor, activations: Tensor | None) -> Tensor:
+        """Coupling coefficients: softmax over outputs (dim 1), amended by the inputs' activations.
+
+        Shapes:
+            logits: [R, N_o, N_i] (R = B, or V rows when ragged), activations: [R, N_i] or None
+            returns: [R, N_o, N_i]
+        """
+        coupling = leaky_softmax(logits, 1) if self.leaky else torch.softmax(logits, dim=1)
+        if activations is not None:  # coefficient amendment: scale by child activation
+            coupling = coupling * activations.unsqueeze(1).to(coupling.dtype)
+        return coupling
+
+    def route_ragged(self, votes: Tensor, activations: Tensor | None, index: Tensor, size: int) -> Routed:
+        """Shapes: votes [V, N_i, N_o, D_o], index [V] -> poses [B, N_o, D_o], coupling [V, N_i, N_o]."""
+        u = route_major(votes)  # [V, N_o, N_i, D_o]
+        u_detached = u.detach()
+        logits = u.new_zeros(u.shape[:3], dtype=torch.promote_types(u.dtype, torch.float32))  # [V, N_o, N_i]
+        for it in range(self.iterations):
+            coupling = self.couple(logits, activations)
+            last = it == self.iterations - 1
+            per_row = torch.matmul(coupling.to(u.dtype).unsqueeze(2), u if last else u_detached).squeeze(2)
+            poses = self.squash(scatter_sum(per_row, index, size))  # [B, N_o, D_o]
+            if not last:
+                agree = torch.matmul(u_detached, poses[index].unsqueeze(-1)).squeeze(-1)  # [V, N_o, N_i]
                 logits = logits + agree.to(logits.dtype)
         return Routed(poses, safe_norm(poses, dim=-1), coupling.transpose(1, 2))
 

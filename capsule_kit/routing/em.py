@@ -104,6 +104,8 @@ class EMRouting(Routing):
 
     """
 
+    kind = "matrix"
+
     def __init__(
         self,
         *,

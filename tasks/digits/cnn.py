@@ -28,6 +28,8 @@ class CNNBaseline(nn.Module):
 
     """
 
+    routing_kind = "none"  # no capsules: model.routing does not apply
+
     def __init__(
         self,
         *,

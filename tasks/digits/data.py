@@ -46,21 +46,23 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def mnist_dir(root: str | None) -> Path:
-    """Folder holding the four MNIST idx files: ``root``, ``<data root>/mnist``, else the vendored copy.
+    """Folder of the four MNIST idx files: ``<data root>/mnist`` (``root``: data.root), else the vendored copy.
 
     The files found are read and checked (sizes against their headers, images against labels,
     labels in 0..9) before the folder is returned, so ``--validate`` runs the run's checks; the
     arrays are kept for :func:`load_mnist`.
     """
-    # A folder the user named is the only place looked; otherwise the data root, then the vendored copy.
-    candidates = [Path(root).expanduser()] if root else [data_root() / "mnist", VENDORED]
+    # A data root the user named is the only place looked; otherwise the default data root, then the vendored copy.
+    candidates = [data_root(root) / "mnist"] if root else [data_root() / "mnist", VENDORED]
     for folder in candidates:
         if all((folder / name).exists() for pair in FILES.values() for name in pair):
             for split in FILES:
                 _read_split(folder, split, _stamp(folder, split))
             return folder
     if root:
-        raise DataError(f"MNIST idx files not found in {root} (expected {', '.join(FILES['train'] + FILES['test'])})")
+        raise DataError(
+            f"MNIST idx files not found in {candidates[0]} (expected {', '.join(FILES['train'] + FILES['test'])})"
+        )
     raise DataError(f"MNIST idx files not found in {candidates} (set CAPSULE_KIT_DATA=/path/with/mnist)")
 
 

@@ -2,28 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 from torch import nn
 
 from capsule_kit.config import Strict
 from capsule_kit.errors import ConfigError
-from capsule_kit.registry import MODELS, ROUTING
+from capsule_kit.models import check_routing, routing_kind
+from capsule_kit.registry import MODELS
+from capsule_kit.routing import RoutingConfig
+from capsule_kit.routing.config import ROUTING_MOVED
 from capsule_kit_tasks.digits import cnn  # noqa: F401  (registers cnn_baseline)
 
 
-class RoutingConfig(Strict):
-    """Routing of the class capsule layer."""
-
-    name: Annotated[str, AfterValidator(ROUTING.check)] = Field(
-        "dynamic", description="Routing algorithm (dynamic, em, attention)."
-    )
-    iterations: int = Field(3, ge=1, description="Routing iterations.")
-
-
 class ModelConfig(Strict):
-    """Which capsule network to build."""
+    """Which capsule network to build, and the routing of its capsule layers."""
+
+    moved: ClassVar[dict[str, str]] = ROUTING_MOVED
 
     name: Annotated[str, AfterValidator(MODELS.check)] = Field(
         "capsnet",
@@ -31,9 +27,21 @@ class ModelConfig(Strict):
         "efficient_capsnet_tiny, matrix_capsnet, matrix_capsnet_small, matrix_capsnet_tiny, "
         "cnn_baseline (a plain CNN for comparison), cnn_baseline_tiny.",
     )
-    routing: RoutingConfig = Field(default_factory=RoutingConfig, description="Class-capsule routing.")
+    routing: RoutingConfig = Field(
+        default_factory=RoutingConfig,
+        description="Routing by name; capsnet and efficient_capsnet take any vector routing (dynamic, attention), "
+        "matrix_capsnet em.",
+    )
     decoder: bool = Field(True, description="Reconstruction decoder (CapsNet and Efficient-CapsNet).")
     shared: Literal["none", "positions", "inputs"] = Field("none", description="Class-capsule transform sharing.")
+
+    @field_validator("routing")
+    @classmethod
+    def _supported(cls, routing: RoutingConfig, info: ValidationInfo) -> RoutingConfig:
+        name = info.data.get("name")
+        if not name or routing_kind(name) == "none":  # a plain CNN (the baseline) routes nothing
+            return routing
+        return check_routing(name, routing)
 
 
 def model_family(name: str) -> str:
@@ -48,12 +56,12 @@ def build_digits_model(cfg: ModelConfig, input_shape: tuple[int, int, int], num_
     """Build the recipe's model for images of ``input_shape``."""
     family = model_family(cfg.name)
     kwargs: dict = {"input_shape": input_shape, "num_classes": num_classes}
-    if family == "matrix":
-        kwargs["iterations"] = cfg.routing.iterations
-    elif family != "cnn":  # the CNN has no routing and no decoder
+    if family != "cnn":  # the CNN has no capsules: no routing, no decoder
+        kwargs["routing"] = cfg.routing
+    if family in ("capsnet", "efficient"):
         kwargs.update(decoder=cfg.decoder, mask_k=mask_k)
     if family == "capsnet":
-        kwargs.update(routing=cfg.routing.name, routing_iterations=cfg.routing.iterations, shared=cfg.shared)
+        kwargs.update(shared=cfg.shared)
     try:
         return MODELS.build(cfg.name, **kwargs)
     except ValueError as exc:

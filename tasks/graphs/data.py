@@ -121,38 +121,6 @@ def load_graphs(
     return GraphSet(name, graphs, labels, n_attr, int(labels.max()) + 1, "labels" if n_lab else "degree")
 
 
-def split_indices(
-    labels: np.ndarray, *, folds: int, fold: int, seed: int, test_fraction: float, val_fraction: float
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """Train/val/test graph indices of one fold (stratified, seeded).
-
-    ``folds > 1``: scikit-learn ``StratifiedKFold(shuffle=True, random_state=seed)``,
-    test = fold ``fold``. ``folds == 1``: one stratified split with ``test_fraction``.
-    ``val_fraction > 0`` holds out a stratified share of the training part.
-
-    Raises:
-        ConfigError: a class has fewer graphs than folds (or than a split needs).
-
-    """
-    from sklearn.model_selection import StratifiedKFold, train_test_split
-
-    idx = np.arange(len(labels))
-    try:
-        if folds > 1:
-            train, test = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(idx, labels))[fold]
-        else:
-            train, test = train_test_split(idx, test_size=test_fraction, stratify=labels, random_state=seed)
-        val = None
-        if val_fraction > 0:
-            train, val = train_test_split(
-                train, test_size=val_fraction, stratify=labels[train], random_state=seed + fold
-            )
-    except ValueError as exc:
-        counts = np.bincount(labels).tolist()
-        raise ConfigError(f"cv: cannot split graphs with class counts {counts} ({str(exc).splitlines()[0]})") from None
-    return np.sort(train), None if val is None else np.sort(val), np.sort(test)
-
-
 def standardize(graphs: list[Data], num_attributes: int, train: np.ndarray) -> list[Data]:
     """Copies of ``graphs`` with the leading attribute columns standardised by training-node stats."""
     if num_attributes == 0:

@@ -2,8 +2,8 @@
 
 GCN layers -> node capsules (one per node and channel, the L layer outputs as
 its L entries) -> attention (per node and channel, normalised over the graph's
-nodes) -> graph capsules (dynamic routing over the variable number of node
-capsules, :func:`capsule_kit_tasks.graphs.routing.scatter_route`) -> class capsules
+nodes) -> graph capsules (routing over the variable number of node capsules: the
+core's ragged routing, ``index=batch``) -> class capsules
 (:class:`capsule_kit.layers.DenseCaps`, fixed P inputs) -> margin loss on
 lengths + reconstruction of the graph's node-label histogram from the masked
 class capsules (:class:`capsule_kit.layers.CapsuleDecoder`).
@@ -26,7 +26,7 @@ from torch_geometric.utils import softmax as node_softmax
 
 from capsule_kit.layers import CapsuleDecoder, DenseCaps, mask_capsules
 from capsule_kit.models import CapsOutput
-from capsule_kit_tasks.graphs.routing import scatter_route
+from capsule_kit.routing import RoutingConfig, as_routing
 
 
 class NodeCapsules(nn.Module):
@@ -92,7 +92,7 @@ class NodeAttention(nn.Module):
 
 
 class GraphCapsules(nn.Module):
-    """Node capsules -> P graph capsules by dynamic routing over each graph's nodes.
+    """Node capsules -> P graph capsules by routing over each graph's nodes (ragged routing).
 
     One transform per (channel, graph capsule), shared by all nodes, so the
     layer works for any number of nodes.
@@ -102,23 +102,31 @@ class GraphCapsules(nn.Module):
         dim_in: Node capsule dim L.
         num_out: Graph capsules P.
         dim_out: Graph capsule dim D_o.
-        iterations: Routing iterations K.
+        routing: Any vector routing (name or RoutingConfig); its N_i is the C capsules of one node.
         init_std: Init std of the transforms.
 
     """
 
     def __init__(
-        self, channels: int, dim_in: int, num_out: int, dim_out: int, *, iterations: int = 3, init_std: float = 1.0
+        self,
+        channels: int,
+        dim_in: int,
+        num_out: int,
+        dim_out: int,
+        *,
+        routing: RoutingConfig | str = "dynamic",
+        init_std: float = 1.0,
     ) -> None:
         super().__init__()
         self.weight = nn.Parameter(init_std * torch.randn(channels, num_out, dim_in, dim_out))
-        self.iterations = iterations
+        self.routing = as_routing(routing).build(num_in=channels, num_out=num_out)
 
     def forward(self, caps: Tensor, batch: Tensor, num_graphs: int) -> tuple[Tensor, Tensor]:
         """Shapes: caps [V, C, L], batch [V] -> poses [B, N_o, D_o], coupling [V, C, N_o]."""
-        # [V, N_o, C, D_o] in memory, viewed as [V, C, N_o, D_o]: the layout scatter_route contracts without copies
+        # [V, N_o, C, D_o] in memory, viewed as [V, C, N_o, D_o]: the layout routing contracts without copies
         votes = torch.einsum("vcl,cpld->vpcd", caps, self.weight).permute(0, 2, 1, 3)
-        return scatter_route(votes, batch, num_graphs, iterations=self.iterations)
+        routed = self.routing(votes, index=batch, size=num_graphs)
+        return routed.poses, routed.coupling
 
 
 class CapsGNN(nn.Module):
@@ -134,7 +142,7 @@ class CapsGNN(nn.Module):
         graph_dim: Graph capsule dim.
         class_dim: Class capsule dim.
         attention_hidden: Hidden width of the attention MLP.
-        iterations: Routing iterations of both capsule layers.
+        routing: Routing of both capsule layers (any vector routing; default dynamic, 3 iterations).
         decoder_hidden: Hidden widths of the histogram decoder.
         dropout: Dropout on the GCN layers' inputs.
         graph_init_std: Init std of the node -> graph capsule transforms.
@@ -155,7 +163,7 @@ class CapsGNN(nn.Module):
         graph_dim: int = 16,
         class_dim: int = 8,
         attention_hidden: int = 32,
-        iterations: int = 3,
+        routing: RoutingConfig | str = "dynamic",
         decoder_hidden: tuple[int, ...] = (32,),
         dropout: float = 0.0,
         graph_init_std: float = 5.0,
@@ -166,12 +174,11 @@ class CapsGNN(nn.Module):
         self.nodes = NodeCapsules(in_features, channels=channels, layers=layers, dropout=dropout, normalize=normalize)
         self.attention = NodeAttention(channels, layers, attention_hidden)
         self.graph_caps = GraphCapsules(
-            channels, layers, graph_caps, graph_dim, iterations=iterations, init_std=graph_init_std
+            channels, layers, graph_caps, graph_dim, routing=routing, init_std=graph_init_std
         )
         self.classes = DenseCaps(
-            graph_caps, graph_dim, num_classes, class_dim, routing_options={"iterations": iterations},
-            init_std=class_init_std,
-        )  # fmt: skip
+            graph_caps, graph_dim, num_classes, class_dim, routing=routing, init_std=class_init_std
+        )
         self.decoder = CapsuleDecoder(num_classes * class_dim, (hist_dim,), tuple(decoder_hidden)) if hist_dim else None
 
     def forward(self, x: Tensor, edge_index: Tensor, batch: Tensor, num_graphs: int, y: Tensor | None = None):

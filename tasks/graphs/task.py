@@ -1,10 +1,10 @@
 """Graph classification with CapsGNN on TU benchmarks (MUTAG, PROTEINS, any TU-format set).
 
-Protocol of the paper: stratified 10-fold cross validation (``cv.folds``); the
+Protocol of the paper: stratified 10-fold cross validation (``split.folds``); the
 runner trains one fresh model per fold and reports mean/std of the test
 metrics; :meth:`GraphTask.summarize_folds` plots the per-fold accuracies. The
 test accuracy of a fold is that of the model after the last epoch (no model
-selection on the test fold); ``cv.val_fraction`` holds out a validation share
+selection on the test fold); ``split.val_fraction`` holds out a validation share
 that the ``best`` checkpoint follows.
 
 Imports only the core here; PyG and scikit-learn are imported when data or a
@@ -14,26 +14,26 @@ model is built (extra ``graph``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor, nn
 
 from capsule_kit.config import Recipe, Strict
-from capsule_kit.data import Splits, data_root
+from capsule_kit.data import DataSection, Splits, data_root, limit_indices
 from capsule_kit.errors import UserError
-from capsule_kit.losses import margin_loss, reconstruction_loss
+from capsule_kit.losses import MarginConfig, reconstruction_loss
 from capsule_kit.metrics import classification_metrics
+from capsule_kit.routing import RoutingConfig, VectorRouting
+from capsule_kit.routing.config import ROUTING_MOVED
+from capsule_kit.splits import SplitConfig, split_indices
 from capsule_kit.task import Task, register_task
 
 
-class DataConfig(Strict):
-    """Which TU data set to read."""
+class DataConfig(DataSection):
+    """Which TU data set to read: <data.root>/graphs/TU/<name>/raw."""
 
-    root: str | None = Field(
-        None, description="Data root (default: $CAPSULE_KIT_DATA); reads <root>/graphs/TU/<name>/raw."
-    )
     name: str = Field("MUTAG", pattern=r"^[A-Za-z0-9_.\-]+$", description="TU data set name (folder under graphs/TU).")
     node_attributes: bool = Field(
         True, description="Prepend continuous node attributes when present (standardised on the training fold)."
@@ -41,19 +41,10 @@ class DataConfig(Strict):
     max_degree: int = Field(32, ge=1, description="One-hot degree width for data sets without node labels (clipped).")
 
 
-class CVConfig(Strict):
-    """Cross-validation protocol."""
-
-    folds: int = Field(10, ge=1, description="Stratified folds (paper: 10); 1 = one seeded train/test split.")
-    seed: int = Field(0, description="Seed of the fold assignment (independent of trainer.seed).")
-    test_fraction: float = Field(0.1, gt=0, lt=1, description="Test share when folds = 1.")
-    val_fraction: float = Field(
-        0.0, ge=0, lt=1, description="Share of each training fold held out for the best checkpoint (0: none)."
-    )
-
-
 class ModelConfig(Strict):
     """CapsGNN sizes (tasks/graphs/model.py)."""
+
+    moved: ClassVar[dict[str, str]] = ROUTING_MOVED
 
     channels: int = Field(16, ge=1, description="GCN channels C = node capsules per node.")
     layers: int = Field(4, ge=1, description="GCN layers L = node capsule dim.")
@@ -61,7 +52,10 @@ class ModelConfig(Strict):
     graph_dim: int = Field(16, ge=1, description="Graph capsule dim.")
     class_dim: int = Field(8, ge=1, description="Class capsule dim.")
     attention_hidden: int = Field(32, ge=1, description="Hidden width of the node attention MLP.")
-    iterations: int = Field(3, ge=1, description="Dynamic routing iterations of both capsule layers.")
+    routing: VectorRouting = Field(
+        default_factory=lambda: RoutingConfig(name="dynamic", iterations=3),
+        description="Routing of both capsule layers (any vector routing; the paper's: dynamic, 3 iterations).",
+    )
     decoder_hidden: list[int] = Field([32], description="Hidden widths of the histogram decoder.")
     normalize: bool = Field(
         False, description="GCN symmetric degree normalisation (Kipf & Welling); false: sum over neighbours and self."
@@ -71,12 +65,9 @@ class ModelConfig(Strict):
     class_init_std: float = Field(0.5, gt=0, description="Init std of the class capsule transforms.")
 
 
-class LossConfig(Strict):
+class LossConfig(MarginConfig):
     """Margin loss on class capsule lengths + histogram reconstruction."""
 
-    m_pos: float = Field(0.9, gt=0, le=1, description="Margin loss m+.")
-    m_neg: float = Field(0.1, ge=0, lt=1, description="Margin loss m-.")
-    lam: float = Field(0.5, ge=0, description="Down-weighting of absent classes.")
     recon_weight: float = Field(0.1, ge=0, description="Weight of the reconstruction loss (0 disables the decoder).")
     recon: Literal["balanced", "sse"] = Field(
         "balanced",
@@ -87,9 +78,14 @@ class LossConfig(Strict):
 class GraphConfig(Recipe):
     """Recipe of the ``graphs`` task."""
 
+    moved: ClassVar[dict[str, str]] = {"cv": "split"}
+
     task: str = Field("graphs", description="Registered task name.")
     data: DataConfig = Field(default_factory=DataConfig)
-    cv: CVConfig = Field(default_factory=CVConfig)
+    split: SplitConfig = Field(
+        default_factory=lambda: SplitConfig(folds=10),
+        description="Stratified folds (paper: 10; 1 = one hold-out test split) and validation share.",
+    )
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
 
@@ -134,7 +130,6 @@ class GraphTask(Task):
     def __init__(self, cfg: GraphConfig) -> None:
         super().__init__(cfg)
         self._set = None
-        self._last: dict[str, Any] = {}
 
     def _root(self) -> Path:
         return data_root(self.cfg.data.root)
@@ -155,20 +150,20 @@ class GraphTask(Task):
         return self._set
 
     def folds(self) -> list[int]:
-        return list(range(self.cfg.cv.folds))
+        return list(range(self.cfg.split.folds))
 
     def build_data(self, fold: Any = None) -> Splits:
         data, _ = _pyg()
-        gs, cv = self.graph_set(), self.cfg.cv
+        gs, s, d = self.graph_set(), self.cfg.split, self.cfg.data
         fold = int(fold or 0)
-        train, val, test = data.split_indices(
-            gs.labels, folds=cv.folds, fold=fold, seed=cv.seed, test_fraction=cv.test_fraction,
-            val_fraction=cv.val_fraction,
-        )  # fmt: skip
+        train, val, test = split_indices(
+            gs.labels, folds=s.folds, fold=fold, seed=s.seed, test_fraction=s.test_fraction, val_fraction=s.val
+        )
+        train, test = limit_indices(train, d.train_limit, s.seed), limit_indices(test, d.test_limit, s.seed)
         graphs = data.standardize(gs.graphs, gs.num_attributes, train)
         pick = lambda ids: data.GraphList([graphs[i] for i in ids])  # noqa: E731
         info = {
-            "dataset": gs.name, "fold": fold, "folds": cv.folds, "graphs": len(graphs), "classes": gs.num_classes,
+            "dataset": gs.name, "fold": fold, "folds": s.folds, "graphs": len(graphs), "classes": gs.num_classes,
             "features": gs.features, "num_features": gs.num_features, "hist_dim": gs.hist_dim,
             "train": len(train), "val": 0 if val is None else len(val), "test": len(test),
         }  # fmt: skip
@@ -181,7 +176,7 @@ class GraphTask(Task):
             in_features=gs.num_features, num_classes=gs.num_classes,
             hist_dim=gs.hist_dim if self.cfg.loss.recon_weight > 0 else 0,
             channels=m.channels, layers=m.layers, graph_caps=m.graph_caps, graph_dim=m.graph_dim,
-            class_dim=m.class_dim, attention_hidden=m.attention_hidden, iterations=m.iterations,
+            class_dim=m.class_dim, attention_hidden=m.attention_hidden, routing=m.routing,
             decoder_hidden=tuple(m.decoder_hidden), dropout=m.dropout, graph_init_std=m.graph_init_std,
             class_init_std=m.class_init_std, normalize=m.normalize,
         )  # fmt: skip
@@ -190,7 +185,7 @@ class GraphTask(Task):
         """Shapes: batch.x [V, F], batch.y [B], batch.hist [B, H] -> lengths [B, N_cls]."""
         y, lc = batch.y, self.cfg.loss
         out = model(batch.x, batch.edge_index, batch.batch, batch.num_graphs, y=y if train else None)
-        loss = margin_loss(out.lengths, y, lc.m_pos, lc.m_neg, lc.lam)
+        loss = lc.margin(out.lengths, y)
         if out.reconstruction is not None and lc.recon_weight > 0:
             if lc.recon == "balanced":
                 rec = balanced_recon_loss(out.reconstruction, batch.hist)
@@ -205,16 +200,20 @@ class GraphTask(Task):
         pred = torch.cat([o["pred"] for o in outputs])
         target = torch.cat([o["target"] for o in outputs])
         classes = self._set.num_classes if self._set is not None else int(max(pred.max(), target.max())) + 1
-        self._last = classification_metrics(pred, target, classes)
-        return self._last
+        return classification_metrics(pred, target, classes)
 
-    def pictures(self, model: nn.Module, data: Splits, run_dir: Path, device: Any) -> dict[str, Any]:
-        """Confusion matrix of the last evaluation pass (the test fold)."""
-        if not self._last.get("confusion_matrix"):
+    def label_names(self) -> list[str] | None:
+        return None if self._set is None else [str(i) for i in range(self._set.num_classes)]
+
+    def pictures(
+        self, model: nn.Module, data: Splits, run_dir: Path, device: Any, outputs: list[dict[str, Tensor]]
+    ) -> dict[str, Any]:
+        """Confusion matrix of the final test evaluation (the last fold)."""
+        cm = self.metrics(outputs).get("confusion_matrix") if outputs else None
+        if not cm:
             return {}
         from capsule_kit.plots import plot_confusion
 
-        cm = self._last["confusion_matrix"]
         path = plot_confusion(cm, [str(i) for i in range(len(cm))], Path(run_dir) / "confusion.png",
                               title=f"{self.cfg.data.name} test (last fold)")  # fmt: skip
         return {"confusion_png": path.name}

@@ -36,8 +36,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from capsule_kit.data import cache_dir, subset_indices
-from capsule_kit.errors import DataError
+from capsule_kit.data import cache_dir, limit_indices
+from capsule_kit.errors import ConfigError, DataError
+from capsule_kit.splits import SplitConfig, holdout
 from capsule_kit_tasks.points.io import EXTS, load_points, normalize
 from capsule_kit_tasks.points.synthetic import synthetic_set
 
@@ -142,9 +143,20 @@ def _folder(root: Path, test_fraction: float, seed: int) -> list[tuple[Path, str
 
 
 def _fill_split(entries: list, test_fraction: float, seed: int) -> list[tuple[Path, str, int]]:
-    """Give files without a split (-1) a seeded test_fraction split."""
-    rng = np.random.default_rng(seed)
-    return [(f, c, s if s >= 0 else int(rng.random() < test_fraction)) for f, c, s in entries]
+    """Give files without a split (-1) the core's seeded hold-out of ``test_fraction``, stratified by class.
+
+    Too few files of a class to stratify: the same hold-out unstratified.
+    """
+    free = np.array([i for i, e in enumerate(entries) if e[2] < 0], dtype=np.int64)
+    if len(free) < 2:
+        return [(f, c, max(s, 0)) for f, c, s in entries]
+    classes = [c for _, c, _ in entries]
+    try:
+        _, held = holdout(free, classes, test_fraction, seed, "split.test_fraction")
+    except ConfigError:
+        _, held = holdout(free, classes, test_fraction, seed, "split.test_fraction", stratify=False)
+    test = set(held.tolist())
+    return [(f, c, s if s >= 0 else int(i in test)) for i, (f, c, s) in enumerate(entries)]
 
 
 def discover(root: Path, layout: str, test_fraction: float = 0.2, seed: int = 0) -> tuple[list, str]:
@@ -172,9 +184,7 @@ def discover(root: Path, layout: str, test_fraction: float = 0.2, seed: int = 0)
 def _limit(entries: list, train_limit: int | None, test_limit: int | None, seed: int) -> list:
     out = []
     for part, limit in ((0, train_limit), (1, test_limit)):
-        chosen = [e for e in entries if e[2] == part]
-        keep = subset_indices(len(chosen), None, limit, seed)
-        out += chosen if keep is None else [chosen[i] for i in keep]
+        out += limit_indices([e for e in entries if e[2] == part], limit, seed)
     return out
 
 
@@ -195,15 +205,16 @@ def _read_all(root: Path, entries: list, classes: list[str], d) -> PointSet:
     return PointSet(normalize(pts), labels, np.array([s for *_, s in entries], np.uint8), classes, str(root))
 
 
-def load_folder(root: Path, d) -> PointSet:
-    """Read (or load from the cache) the data set in ``root`` with the ``data`` settings ``d``."""
-    entries, layout = discover(root, d.layout, d.test_fraction, d.seed)
+def load_folder(root: Path, d, split=None) -> PointSet:
+    """Read (or load from the cache) the data set in ``root`` with the ``data`` and ``split`` settings."""
+    split = split or SplitConfig(test_fraction=0.2)
+    entries, layout = discover(root, d.layout, split.test_fraction, split.seed)
     if d.classes:
         missing = sorted(set(d.classes) - {c for _, c, _ in entries})
         if missing:
             raise DataError(f"data.classes: {missing} not found in {root}")
         entries = [e for e in entries if e[1] in d.classes]
-    entries = _limit(entries, d.train_limit, d.test_limit, d.seed)
+    entries = _limit(entries, d.train_limit, d.test_limit, split.seed)
     classes = sorted({c for _, c, _ in entries})
     settings = {"n": d.num_points, "sampling": d.sampling, "seed": d.seed, "layout": layout}
     path = cache_dir("points") / f"{root.name}-{_cache_key(root, entries, settings)}.npz"

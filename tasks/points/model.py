@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from capsule_kit.functional import squash
 from capsule_kit.layers import DenseCaps
+from capsule_kit.routing import RoutingConfig
 
 
 class PointCapsOutput(NamedTuple):
@@ -143,7 +144,7 @@ class PointCapsNet(nn.Module):
         latent_caps: Latent capsules N_o (64).
         latent_dim: Latent capsule dim D_o (64).
         out_points: Decoded points (a multiple of ``latent_caps``; 2048 in the paper).
-        routing_iterations: Dynamic routing iterations K (3).
+        routing: Routing of the latent capsules: any vector routing (default: dynamic, 3 iterations).
         shared: Transform sharing of the latent layer: ``none`` (one W per (i, j),
             the reference's 67.1M-parameter tensor), ``positions`` (one W per group
             of ``share_groups`` consecutive primary capsules) or ``inputs`` (one W
@@ -162,7 +163,7 @@ class PointCapsNet(nn.Module):
         latent_caps: int = 64,
         latent_dim: int = 64,
         out_points: int = 2048,
-        routing_iterations: int = 3,
+        routing: RoutingConfig | str = "dynamic",
         shared: str = "none",
         share_groups: int = 16,
         feature_channels: tuple[int, ...] = (64, 128),
@@ -174,8 +175,7 @@ class PointCapsNet(nn.Module):
         self.features = mlp1d((3, *feature_channels))
         self.primary = PrimaryPointCaps(feature_channels[-1], num_caps=primary_caps, dim=primary_dim)
         self.latent = DenseCaps(
-            primary_caps, primary_dim, latent_caps, latent_dim, routing="dynamic",
-            routing_options={"iterations": routing_iterations}, shared=shared,
+            primary_caps, primary_dim, latent_caps, latent_dim, routing=routing, shared=shared,
             types=share_groups if shared == "positions" else None,
         )  # fmt: skip
         self.decoder = CapsDecoder(

@@ -7,25 +7,29 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from capsule_kit.config import Recipe, Strict
-from capsule_kit.data import Splits, data_root, require_path
+from capsule_kit.data import DataSection, Splits, data_root, require_path
 from capsule_kit.errors import DataError, UserError
+from capsule_kit.routing import RoutingConfig, VectorRouting
+from capsule_kit.routing.config import ROUTING_MOVED
+from capsule_kit.splits import SplitConfig
 from capsule_kit.task import Task, register_task
 from capsule_kit_tasks.points.chamfer import chamfer_distance
 from capsule_kit_tasks.points.data import SYNTHETIC, CloudDataset, PointSet, load_folder, load_synthetic
 from capsule_kit_tasks.points.model import PointCapsNet, part_spread
 
 
-class DataConfig(Strict):
+class DataConfig(DataSection):
     """Where the shapes come from and how they are sampled."""
 
-    root: str | None = Field(None, description="Data root (default: $CAPSULE_KIT_DATA or the user cache).")
+    moved: ClassVar[dict[str, str]] = {"test_fraction": "split.test_fraction"}
+
     path: str = Field("points/ModelNet10_pcd1024", description="Data folder, relative to the data root or absolute.")
     layout: Literal["auto", "modelnet", "modelnet40_txt", "shapenet_part", "folder", "synthetic"] = Field(
         "auto", description="Folder layout (auto detects it); 'synthetic' uses the procedural shape set."
@@ -43,12 +47,9 @@ class DataConfig(Strict):
     rotate: bool = Field(False, description="Random rotation about the up axis of training clouds.")
     jitter: float = Field(0.0, ge=0, description="Std of Gaussian jitter added to training clouds (0 = off).")
     jitter_clip: float = Field(0.05, ge=0, description="Jitter is clipped to +-this.")
-    test_fraction: float = Field(0.2, gt=0, lt=1, description="Test share for layouts without a split.")
-    train_limit: int | None = Field(None, ge=1, description="Use a seeded subset of this many training shapes.")
-    test_limit: int | None = Field(None, ge=1, description="Use a seeded subset of this many test shapes.")
     classes: list[str] | None = Field(None, description="Keep only these classes.")
     cache: bool = Field(True, description="Cache the stacked clouds in the capsule-kit cache folder.")
-    seed: int = Field(0, description="Seed of mesh sampling, subsets and the synthetic set.")
+    seed: int = Field(0, description="Seed of mesh sampling and the synthetic set (splits, limits: split.seed).")
     synthetic_train: int = Field(40, ge=1, description="Synthetic training shapes per class.")
     synthetic_test: int = Field(10, ge=1, description="Synthetic test shapes per class.")
 
@@ -56,12 +57,17 @@ class DataConfig(Strict):
 class ModelConfig(Strict):
     """3D Point Capsule Network sizes (paper: 1024 x 16D primary, 64 x 64D latent, 2048 points)."""
 
+    moved: ClassVar[dict[str, str]] = ROUTING_MOVED
+
     primary_caps: int = Field(1024, ge=1, description="Primary point capsules N_i (outputs of each parallel conv).")
     primary_dim: int = Field(16, ge=2, description="Primary capsule dim D_i (number of parallel convs).")
     latent_caps: int = Field(64, ge=1, description="Latent capsules N_o.")
     latent_dim: int = Field(64, ge=2, description="Latent capsule dim D_o.")
     out_points: int = Field(2048, ge=1, description="Decoded points (multiple of latent_caps).")
-    routing_iterations: int = Field(3, ge=1, description="Dynamic routing iterations.")
+    routing: VectorRouting = Field(
+        default_factory=lambda: RoutingConfig(name="dynamic", iterations=3),
+        description="Routing of the latent capsules (any vector routing; the paper's: dynamic, 3 iterations).",
+    )
     shared: Literal["none", "positions", "inputs"] = Field(
         "none", description="Latent transform: none = full (N_i, N_o) tensor as the paper; positions/inputs = shared."
     )
@@ -97,6 +103,16 @@ class PointsConfig(Recipe):
     model: ModelConfig = Field(default_factory=ModelConfig)
     transfer: TransferConfig = Field(default_factory=TransferConfig)
     pictures: PicturesConfig = Field(default_factory=PicturesConfig)
+    split: SplitConfig = Field(
+        default_factory=lambda: SplitConfig(test_fraction=0.2),
+        description="Hold-out test share for layouts without a split (no folds, no validation here).",
+    )
+
+    @model_validator(mode="after")
+    def _one_holdout(self) -> PointsConfig:
+        if self.split.folds > 1 or self.split.val:
+            raise ValueError("split: the points task takes one hold-out (split.test_fraction), no folds or validation")
+        return self
 
 
 @register_task("points", aliases=("point_caps",))
@@ -136,7 +152,7 @@ class PointsTask(Task):
                     print(f"points: {self.folder()} not found; using the {SYNTHETIC}", file=sys.stderr)
                 self.point_set = load_synthetic(self.cfg.data)
             else:
-                self.point_set = load_folder(self.folder(), self.cfg.data)
+                self.point_set = load_folder(self.folder(), self.cfg.data, self.cfg.split)
         return self.point_set
 
     def build_data(self, fold: Any = None) -> Splits:
@@ -155,7 +171,7 @@ class PointsTask(Task):
 
     def model_kwargs(self, **changes: Any) -> dict[str, Any]:
         """Keyword arguments of :class:`PointCapsNet` for this recipe (with ``changes``)."""
-        kwargs = {**self.cfg.model.model_dump(), **changes}
+        kwargs = {**self.cfg.model.model_dump(), "routing": self.cfg.model.routing, **changes}
         return {**kwargs, "feature_channels": tuple(kwargs["feature_channels"])}
 
     def build_model(self) -> nn.Module:
@@ -192,7 +208,9 @@ class PointsTask(Task):
         return {"chamfer": float(cd.mean()), "chamfer_median": float(cd.median()),
                 "part_spread": float(spread.mean()), "data_kind": kind}  # fmt: skip
 
-    def pictures(self, model: nn.Module, data: Splits, run_dir: Path, device: Any) -> dict[str, Any]:
+    def pictures(
+        self, model: nn.Module, data: Splits, run_dir: Path, device: Any, outputs: list[dict[str, Tensor]]
+    ) -> dict[str, Any]:
         from capsule_kit_tasks.points.pictures import points_pictures
 
         return points_pictures(self, model, data, run_dir, device)

@@ -1,7 +1,9 @@
 """Token front ends of the text capsule networks: learned word embeddings or a pretrained encoder.
 
-Both own their tokenizer, so a model turns raw strings into features by itself
-(``encode`` on the CPU, then ``forward`` on the model's device).
+Both own their tokenizer (:class:`WordTokenizer`, :class:`PretrainedTokenizer`), so a
+model turns raw strings into features by itself (``encode`` on the CPU, then ``forward``
+on the model's device); in training the same tokenizers run in the DataLoader's collate
+function (``capsule_kit_tasks.text.data.Tokenize``), outside the step.
 
 Shapes: B batch, L tokens, E feature dim, V vocabulary.
 """
@@ -28,44 +30,22 @@ def require(module: str, extra: str = "text"):
         raise UserError(f"the text task needs '{module}' (pip install 'capsule-kit[{extra}]')") from None
 
 
-class WordEmbedder(nn.Module):
-    """Word-level tokenizer (Hugging Face ``tokenizers``) + randomly initialised embeddings.
+class WordTokenizer:
+    """Word-level tokenizer (Hugging Face ``tokenizers``) from its JSON text: texts -> ids and mask.
 
     Args:
         tokenizer_json: Serialized word-level tokenizer (``[PAD]`` = id 0, ``[UNK]`` = id 1).
-        dim: Embedding dim E.
         max_len: Sequences are truncated to this many tokens.
-        vectors: Optional initial embedding table [V, E] (e.g. from GloVe).
-        lr_scale: The table is stored divided by this factor and multiplied back in
-            ``forward``. Under Adam (steps of ~lr whatever the gradient's size) that
-            makes the embeddings learn ``lr_scale`` times faster than the other weights
-            with the same features, as Kim (2014)'s CNN-rand needs; the runner has one
-            learning rate for all parameters.
 
     """
 
-    def __init__(
-        self, tokenizer_json: str, *, dim: int, max_len: int, vectors: Tensor | None = None, lr_scale: float = 1.0
-    ) -> None:
-        super().__init__()
-        self.max_len, self.out_dim, self.lr_scale = max_len, dim, lr_scale
-        self.set_tokenizer(tokenizer_json)
-        self.embed = nn.Embedding(self.tokenizer.get_vocab_size(), dim, padding_idx=0)
-        with torch.no_grad():
-            if vectors is not None:
-                self.embed.weight.copy_(vectors)
-            self.embed.weight.div_(lr_scale)
-
-    def set_tokenizer(self, tokenizer_json: str) -> None:
-        """(Re)load the tokenizer from its JSON text."""
-        tokenizers = require("tokenizers")
-        tok = tokenizers.Tokenizer.from_str(tokenizer_json)
-        tok.enable_truncation(self.max_len)
+    def __init__(self, tokenizer_json: str, max_len: int) -> None:
+        tok = require("tokenizers").Tokenizer.from_str(tokenizer_json)
+        tok.enable_truncation(max_len)
         tok.enable_padding(pad_id=0, pad_token=PAD)
-        self.tokenizer, self.tokenizer_json = tok, tokenizer_json
-        self.unk_id = tok.token_to_id(UNK)
+        self.tokenizer, self.tokenizer_json, self.unk_id = tok, tokenizer_json, tok.token_to_id(UNK)
 
-    def encode(self, texts: list[str]) -> tuple[Tensor, Tensor]:
+    def __call__(self, texts: list[str]) -> tuple[Tensor, Tensor]:
         """Shapes: texts [B] -> ids [B, L] int64, mask [B, L] bool (L >= 1)."""
         encs = self.tokenizer.encode_batch(list(texts))
         ids = torch.tensor([e.ids for e in encs], dtype=torch.long).view(len(encs), -1)
@@ -74,9 +54,51 @@ class WordEmbedder(nn.Module):
             ids, mask = ids.new_zeros(len(encs), 1), mask.new_zeros(len(encs), 1)
         return ids, mask
 
+
+class PretrainedTokenizer:
+    """The word-piece tokenizer of a local ``transformers`` encoder folder: texts -> ids and mask."""
+
+    def __init__(self, path: str | None, max_len: int) -> None:
+        self.tokenizer = require("transformers").AutoTokenizer.from_pretrained(str(resolve_pretrained(path)))
+        self.max_len, self.unk_id = max_len, self.tokenizer.unk_token_id
+
+    def __call__(self, texts: list[str]) -> tuple[Tensor, Tensor]:
+        """Shapes: texts [B] -> ids [B, L] int64, mask [B, L] bool."""
+        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_len, return_tensors="pt")
+        return enc["input_ids"], enc["attention_mask"].bool()
+
+
+class WordEmbedder(nn.Module):
+    """Word-level tokenizer (Hugging Face ``tokenizers``) + randomly initialised embeddings.
+
+    Args:
+        tokenizer_json: Serialized word-level tokenizer (``[PAD]`` = id 0, ``[UNK]`` = id 1).
+        dim: Embedding dim E.
+        max_len: Sequences are truncated to this many tokens.
+        vectors: Optional initial embedding table [V, E] (e.g. from GloVe).
+
+    The table learns faster than the other weights through its own optimizer
+    parameter group (``model.embed_lr_scale``, :meth:`TextTask.param_groups`).
+
+    """
+
+    def __init__(self, tokenizer_json: str, *, dim: int, max_len: int, vectors: Tensor | None = None) -> None:
+        super().__init__()
+        self.max_len, self.out_dim = max_len, dim
+        self.set_tokenizer(tokenizer_json)
+        self.embed = nn.Embedding(self.tokenizer.get_vocab_size(), dim, padding_idx=0)
+        if vectors is not None:
+            with torch.no_grad():
+                self.embed.weight.copy_(vectors)
+
+    def set_tokenizer(self, tokenizer_json: str) -> None:
+        """(Re)load the tokenizer from its JSON text."""
+        self.encode = WordTokenizer(tokenizer_json, self.max_len)
+        self.tokenizer, self.tokenizer_json, self.unk_id = self.encode.tokenizer, tokenizer_json, self.encode.unk_id
+
     def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
         """Shapes: ids [B, L], mask [B, L] -> [B, L, E]."""
-        return self.embed(ids) * self.lr_scale
+        return self.embed(ids)
 
 
 def default_pretrained_path() -> Path:
@@ -122,7 +144,8 @@ class PretrainedEmbedder(nn.Module):
         self.layer = layer
         transformers = require("transformers")
         folder = resolve_pretrained(path)
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
+        self.encode = PretrainedTokenizer(str(folder), max_len)
+        self.tokenizer = self.encode.tokenizer
         self.encoder = transformers.AutoModel.from_pretrained(str(folder))
         depth = getattr(self.encoder.config, "num_hidden_layers", None)
         if depth is not None and not -depth - 1 <= layer <= depth:
@@ -155,11 +178,6 @@ class PretrainedEmbedder(nn.Module):
         if self.frozen:  # a frozen encoder never uses dropout
             self.encoder.eval()
         return self
-
-    def encode(self, texts: list[str]) -> tuple[Tensor, Tensor]:
-        """Shapes: texts [B] -> ids [B, L] int64, mask [B, L] bool."""
-        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_len, return_tensors="pt")
-        return enc["input_ids"], enc["attention_mask"].bool()
 
     def states(self, ids: Tensor, mask: Tensor) -> Tensor:
         """The encoder itself. Shapes: ids [B, L], mask [B, L] -> token states [B, L, E]."""

