@@ -22,7 +22,7 @@ import torch
 from capsule_kit.checkpoint import load_checkpoint
 from capsule_kit.config import Recipe, apply_overrides, read_yaml
 from capsule_kit.errors import CheckpointError, UserError
-from capsule_kit.recipe_io import add_paths, config_from_dict, load_recipe, shipped_recipes
+from capsule_kit.recipe_io import add_paths, config_from_dict, find_recipe, load_recipe, shipped_recipes
 from capsule_kit.rundir import RunDir
 from capsule_kit.session import version
 from capsule_kit.stop import Interrupted
@@ -119,7 +119,7 @@ def run_command(args: argparse.Namespace, argv: list[str] | None) -> int:
     cfg, task_cls = load_recipe(recipe, args.overrides)
     if args.validate:
         task_cls(cfg).check_data()
-        print(f"ok: {recipe} (task '{cfg.task}', name '{cfg.name}')")
+        print(f"ok: {find_recipe(recipe)} (task '{cfg.task}', name '{cfg.name}')")
         return 0
     train(cfg, task_cls, resume=args.resume, argv=argv, overrides=args.overrides)
     return 0
