@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from capsule_kit.errors import CheckpointError
+from capsule_kit.rundir import RunDir
 
 FORMAT = "capsule-kit/1"
 
@@ -133,7 +134,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     """
     p = Path(path)
     if p.is_dir():
-        p = p / "checkpoints" / "last.pt" if (p / "checkpoints").is_dir() else p / "last.pt"
+        p = RunDir(p).last if RunDir(p).checkpoints.is_dir() else p / RunDir(p).last.name
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}")
     if p.stat().st_size == 0:

@@ -22,7 +22,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from capsule_kit.checkpoint import atomic_write_text
 from capsule_kit.errors import ConfigError
 
 
@@ -72,6 +71,14 @@ class RunDir:
         return self.path / "curves.png"
 
     @property
+    def predictions(self) -> Path:
+        return self.path / "predictions.tsv"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tb"
+
+    @property
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
 
@@ -110,6 +117,8 @@ class RunDir:
 
     def write_json(self, path: Path, data: dict[str, Any]) -> None:
         """Atomically write a JSON file of the run."""
+        from capsule_kit.checkpoint import atomic_write_text  # checkpoint.py uses RunDir
+
         atomic_write_text(path, json.dumps(data, indent=2))
 
     def tested_weights(self) -> Path:
@@ -117,13 +126,13 @@ class RunDir:
         if self.model.is_file():
             return self.model
         which = self.read_json(self.results).get("test_weights") or "last"
-        return self.best if which == "best" and self.best.is_file() else self.last
+        return self.best if which == "best" else self.last
 
     @staticmethod
     def is_run(path: str | os.PathLike) -> bool:
         """True for a folder that looks like a run directory (has recipe.yaml or checkpoints/)."""
-        p = Path(path)
-        return p.is_dir() and ((p / "recipe.yaml").is_file() or (p / "checkpoints").is_dir())
+        run = RunDir(Path(path))
+        return run.path.is_dir() and (run.recipe.is_file() or run.checkpoints.is_dir())
 
     @classmethod
     def create(cls, output_dir: str | os.PathLike, name: str, *, checkpoints: bool = True) -> RunDir:
@@ -139,7 +148,7 @@ class RunDir:
         while path.exists():
             path, k = base.with_name(f"{base.name}-{k}"), k + 1
         try:
-            (path / "checkpoints" if checkpoints else path).mkdir(parents=True)
+            (RunDir(path).checkpoints if checkpoints else path).mkdir(parents=True)
         except OSError as exc:
             raise ConfigError(f"output_dir: cannot create {path} ({exc.strerror or exc})") from None
         return cls(path)
