@@ -137,5 +137,6 @@ def main(argv: list[str] | None = None) -> int:
         print(str(exc), file=sys.stderr)
         return 128 + exc.signum
     except KeyboardInterrupt:
-        print("interrupted before training started; nothing to resume", file=sys.stderr)
+        what = "evaluation stopped; nothing written" if args.eval else "before training started; nothing to resume"
+        print(f"interrupted {what}", file=sys.stderr)
         return 130

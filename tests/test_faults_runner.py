@@ -79,6 +79,8 @@ def test_bad_output_dir_is_one_line(tmp_path):
         err = one_line(run_cli("recipes/mnist.yaml", *TINY, "trainer.max_steps=1", f"output_dir={out}"))
         assert err.startswith("error: output_dir:") and expected in err, err
     assert a_file.read_text() == "x"
+    err = one_line(run_cli("recipes", "--validate"))  # a folder given as the recipe (issue 15 item 14)
+    assert "recipes is a folder" in err, err
 
 
 def bad_checkpoints(folder: Path, good: Path) -> dict[str, Path]:
