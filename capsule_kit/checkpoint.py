@@ -200,4 +200,4 @@ def _few(keys: list[str], n: int = 4) -> str:
 
 def weights_only(payload: dict[str, Any]) -> dict[str, Any]:
     """The parts of a checkpoint payload needed to use the model (no optimizer, scheduler, RNG)."""
-    return {k: v for k, v in payload.items() if k in ("model", "config", "fold", "loop")}
+    return {k: v for k, v in payload.items() if k in ("model", "config", "fold", "loop", "task_paths")}

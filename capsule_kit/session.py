@@ -137,16 +137,24 @@ def version() -> str:
 
 
 def git_commit(folder: Path | None = None) -> str | None:
-    """The git commit of the capsule-kit checkout in use (None outside a git checkout or without git)."""
+    """The git commit of the capsule-kit checkout in use.
+
+    None outside a git checkout, without git, or when the package files are not tracked by the
+    repository around them (e.g. a virtual environment inside a user's own project).
+    """
     folder = folder or Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=5, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, timeout=5, check=False)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    if git("ls-files", "--error-unmatch", Path(__file__).name if folder == Path(__file__).parent else ".") is None:
         return None
-    sha = out.stdout.strip()
-    return sha if out.returncode == 0 and len(sha) == 40 else None
+    sha = git("rev-parse", "HEAD")
+    return sha if sha and len(sha) == 40 else None
 
 
 def environment(device: torch.device, argv: list[str] | None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
