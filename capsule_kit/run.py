@@ -220,7 +220,6 @@ def train_folds(s: Session, ckpt: dict | None, record_run) -> dict:
         "train_examples_per_s": totals["examples"] / max(totals["train_time_s"], 1e-9),
         "steps": totals["steps"],
         "epochs": totals["epochs"],
-        "folds": len(s.fold_counts),
         "test_weights": s.cfg.trainer.test_weights if st.best_epoch is not None else "last",
         "best_epoch": st.best_epoch,
     }
