@@ -74,9 +74,13 @@ def test_run_json_records_version_and_commit_and_results_the_data_sizes(tiny_run
     assert results(tiny_run)["data"] == {"train": 48, "test": 32}
 
 
-def test_version_flag():
-    proc = run_cli("--version")
+def test_version_flag_through_both_commands():
+    proc = run_cli("--version")  # python -m capsule_kit.run
     assert proc.returncode == 0 and proc.stdout.strip().startswith(f"capsule-kit {metadata.version('capsule-kit')}")
+    script = Path(sys.executable).with_name("capsule-kit")  # the console script pip installed
+    assert script.is_file()
+    proc = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout == run_cli("--version").stdout
 
 
 def test_eval_a_run_dir_or_checkpoint_without_recipe(tiny_run, tmp_path):
