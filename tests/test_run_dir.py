@@ -51,18 +51,18 @@ def tiny_run(tmp_path_factory) -> Path:
 
 def test_files_follow_the_umask(tiny_run):
     run = RunDir(tiny_run)
-    for path in (run.results, run.run_json, run.recipe, run.report, run.last, run.best, run.model, run.curves):
+    for path in (run.results, run.run_json, run.recipe, run.report, run.last, run.model, run.curves):
         assert path.stat().st_mode & 0o777 == 0o640, path  # 0o666 & ~0o027 (mkstemp alone gives 0o600)
 
 
-def test_best_and_model_hold_weights_only(tiny_run):
+def test_model_holds_weights_only(tiny_run):
     run = RunDir(tiny_run)
-    last, best, model = (load_checkpoint(p) for p in (run.last, run.best, run.model))
-    assert {"optimizer", "scheduler", "rng"} <= set(last) and not {"optimizer", "scheduler", "rng"} & set(best)
-    assert not {"optimizer", "scheduler", "rng"} & set(model)
+    last, model = (load_checkpoint(p) for p in (run.last, run.model))
+    assert {"optimizer", "scheduler", "rng"} <= set(last) and not {"optimizer", "scheduler", "rng"} & set(model)
+    assert not run.best.exists()  # MNIST has no validation split: no best.pt (best.pt is checked on text below)
     for k, v in last["model"].items():
         assert torch.equal(v, model["model"][k]), k  # test_weights=last: model.pt holds the final weights
-    assert run.best.stat().st_size < 0.5 * run.last.stat().st_size  # Adam's two moments are gone
+    assert run.model.stat().st_size < 0.5 * run.last.stat().st_size  # Adam's two moments are gone
 
 
 def test_run_json_records_version_and_commit_and_results_the_data_sizes(tiny_run, tmp_path):
@@ -92,7 +92,7 @@ def test_eval_a_run_dir_or_checkpoint_without_recipe(tiny_run, tmp_path):
     eval_dir = Path(got["run_dir"])
     assert not (eval_dir / "checkpoints").exists()  # an evaluation has no checkpoints
     assert results(eval_dir)["checkpoint"] == str(tiny_run / "checkpoints" / "model.pt")
-    proc = run_cli("--eval", str(tiny_run / "checkpoints" / "best.pt"), "data.test_limit=16", f"output_dir={out}")
+    proc = run_cli("--eval", str(tiny_run / "checkpoints" / "model.pt"), "data.test_limit=16", f"output_dir={out}")
     assert proc.returncode == 0, proc.stderr  # the recipe stored in the checkpoint, with an override
     matrix = results(Path(json.loads(proc.stdout)["run_dir"]))["test"]["confusion_matrix"]
     assert sum(map(sum, matrix)) == 16
@@ -131,6 +131,9 @@ def test_load_run_every_domain(domain, tmp_path, cache_env):
         assert torch.equal(v.cpu(), saved[k]), k
     out = loaded.predict(next(iter(loaded.loader("test"))))
     assert out and all(isinstance(v, torch.Tensor) for v in out.values())
+    if domain == "text":  # a validation split (dev.tsv): best.pt exists and holds weights only
+        best = load_checkpoint(run / "checkpoints" / "best.pt")
+        assert "model" in best and not {"optimizer", "scheduler", "rng"} & set(best)
 
 
 USER_TASK = '''
