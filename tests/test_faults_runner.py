@@ -28,10 +28,11 @@ TINY = [
 
 def one_line(proc, code: int = 2) -> str:
     assert proc.returncode == code, proc.stderr[-2000:]
-    err = proc.stderr.strip()
-    assert len(err.splitlines()) == 1, err
-    assert "Traceback" not in err and "Exception ignored" not in err
-    return err
+    text = proc.stderr.strip()
+    assert "Traceback" not in text and "Exception ignored" not in text, text
+    lines = text.splitlines()  # a failure after the start banner comes after the banner's lines
+    assert [ln for ln in lines if ln.startswith("error")] == lines[-1:] and lines[-1].startswith("error: "), text
+    return lines[-1]
 
 
 def snapshot(run_dir: Path) -> dict[str, str]:
