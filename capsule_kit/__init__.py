@@ -28,6 +28,16 @@ from capsule_kit.task import Task, register_task
 __version__ = "0.1.0"
 
 
+def load_run(run_dir, *overrides: str, device: str = "cpu", weights: str | None = None):
+    """Load a finished run for inference (model with its tested weights, recipe, task, data).
+
+    See :func:`capsule_kit.inference.load_run`.
+    """
+    from capsule_kit.inference import load_run as _load_run
+
+    return _load_run(run_dir, *overrides, device=device, weights=weights)
+
+
 def train(recipe, *overrides: str) -> dict:
     """Train a recipe (YAML path, dict or config) with the runner; returns its results.
 
@@ -74,6 +84,7 @@ __all__ = [
     "data_root",
     "lengths",
     "limit_indices",
+    "load_run",
     "margin_loss",
     "mask_capsules",
     "reconstruction_loss",

@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 
 from capsule_kit.errors import CheckpointError
+from capsule_kit.rundir import RunDir
 
 FORMAT = "capsule-kit/1"
 
@@ -35,6 +38,7 @@ def atomic_write(path: Path, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes -rw-------: follow the user's umask instead
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -44,6 +48,13 @@ def atomic_write(path: Path, write) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -117,23 +128,76 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     """Load a checkpoint safely.
 
     Raises:
-        CheckpointError: missing, truncated, not a capsule-kit checkpoint, or
-            carrying objects other than tensors and plain data (e.g. code).
+        CheckpointError: missing, empty, truncated, not a capsule-kit checkpoint, or
+            carrying objects other than tensors and plain data (e.g. code; the message
+            names the refused global).
     """
     p = Path(path)
     if p.is_dir():
-        p = p / "checkpoints" / "last.pt" if (p / "checkpoints").is_dir() else p / "last.pt"
+        p = RunDir(p).last if RunDir(p).checkpoints.is_dir() else p / RunDir(p).last.name
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}")
+    if p.stat().st_size == 0:
+        raise CheckpointError(f"{p}: empty file (0 bytes), not a checkpoint")
     try:
-        data = torch.load(p, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. torch's pickle-protocol warning before the error below
+            data = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
-        raise CheckpointError(
-            f"{p}: refused: holds objects other than tensors and plain data ({first[:160]})"
-        ) from None
+        refused = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if refused:
+            raise CheckpointError(
+                f"{p}: refused: it holds code or objects other than tensors and plain data "
+                f"(global '{refused.group(1)}'); nothing was executed"
+            ) from None
+        raise CheckpointError(f"{p}: not a checkpoint (unreadable: not a torch.save file)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise CheckpointError(f"{p}: unreadable or truncated checkpoint ({str(exc).splitlines()[0][:160]})") from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{p}: unreadable or truncated checkpoint ({first[:160]})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{p}: not a capsule-kit checkpoint (no '{FORMAT}' format tag)")
+    if "model" in data and not _is_state_dict(data["model"]):
+        raise CheckpointError(f"{p}: not a capsule-kit checkpoint ('model' is {type(data['model']).__name__}, "
+                              "not a dict of tensors)")  # fmt: skip
     return data
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and all(isinstance(k, str) for k in obj)
+
+
+def load_weights(model: torch.nn.Module, ckpt: dict[str, Any], where: str | os.PathLike) -> None:
+    """Put a checkpoint's ``model`` weights into ``model``.
+
+    Raises:
+        CheckpointError: no weights, or weights of another model; the message lists
+            the missing, unexpected and wrongly shaped keys.
+    """
+    state = ckpt.get("model")
+    if state is None:
+        raise CheckpointError(f"{where}: holds no model weights (no 'model' key)")
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != own[k].shape
+    ]
+    if missing or unexpected or shapes:
+        parts = [f"{label} ({len(keys)}): {_few(keys)}" for label, keys in
+                 (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)) if keys]  # fmt: skip
+        raise CheckpointError(f"{where}: weights do not fit this model; " + "; ".join(parts))
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{where}: weights do not fit this model ({' '.join(str(exc).split())[:300]})") from None
+
+
+def _few(keys: list[str], n: int = 4) -> str:
+    return ", ".join(keys[:n]) + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")
+
+
+def weights_only(payload: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a checkpoint payload needed to use the model (no optimizer, scheduler, RNG)."""
+    return {k: v for k, v in payload.items() if k in ("model", "config", "fold", "loop", "task_paths")}

@@ -95,6 +95,10 @@ class Recipe(Strict):
     """The part of a recipe every task shares; tasks subclass it with their sections."""
 
     task: str = Field(description="Registered task name or 'package.module:Class'.")
+    imports: list[str] = Field(
+        default_factory=list,
+        description="Modules to import before the task is looked up (user tasks registered by name).",
+    )
     name: str | None = Field(None, description="Run name (default: the recipe file's stem).")
     output_dir: Path = Field(Path("runs"), description="Where run directories are created.")
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)

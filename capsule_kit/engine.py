@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import IterableDataset
 
-from capsule_kit.checkpoint import rng_states, save_checkpoint
+from capsule_kit.checkpoint import rng_states, save_checkpoint, weights_only
 from capsule_kit.config import TrainerConfig
 from capsule_kit.data import Splits, move_to
 from capsule_kit.distributed import DistInfo, ResumableSampler, broadcast
@@ -134,8 +134,8 @@ class Trainer:
         check_finite(self.sums if last else None, self.model, self.state.step, self.run_dir, self.info.world)
         rng = rng_states(self.info.world if last else 1)
         if self.info.main:
-            payload = self.checkpoint_payload(rng)
-            save_checkpoint(self.run_dir / "checkpoints" / f"{name}.pt", payload)
+            payload = self.checkpoint_payload(rng)  # best.pt: weights only (the optimizer state is for resuming)
+            save_checkpoint(self.run_dir / "checkpoints" / f"{name}.pt", payload if last else weights_only(payload))
         self.clock.reset()
         if self.writer is not None:
             self.writer.flush()

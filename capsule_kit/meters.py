@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from capsule_kit.errors import UserError
+from capsule_kit.rundir import RunDir
 
 UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 EVERY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*$")
@@ -97,7 +98,7 @@ def check_finite(sums: RunningSums | None, model: nn.Module | None, step: int, r
             bad = step
     if bad is None:
         return
-    last = run_dir / "checkpoints" / "last.pt"
+    last = RunDir(run_dir).last
     kept = f"the last good checkpoint stays: {last}" if last.exists() else "no checkpoint was written"
     raise TrainingDiverged(
         f"trainer: loss or gradient not finite (nan/inf) at step {bad}; stopped; {kept} "

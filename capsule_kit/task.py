@@ -185,4 +185,8 @@ def resolve_task(spec: str) -> type[Task]:
     try:
         return TASKS.get(spec)
     except RegistryError as exc:
-        raise ConfigError(f"task: {exc}") from None
+        hint = (
+            "; a task of your own: name it 'module:Class', or list the module that registers it under "
+            "'imports: [module]', or install it with a 'capsule_kit.tasks' entry point"
+        )
+        raise ConfigError(f"task: {exc}{hint}") from None

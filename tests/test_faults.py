@@ -375,14 +375,14 @@ def test_truncated_mnist_idx_fails_validate_and_run_without_a_run_directory(tmp_
     folder = mnist_copy(tmp_path)
     rewrite_gz(folder / "t10k-images-idx3-ubyte.gz", lambda raw: raw[:-784])  # one image short
     want = f"error: {folder / 't10k-images-idx3-ubyte.gz'}: truncated idx file (header says [10000, 28, 28]"
-    assert cli_error(tmp_path, MNIST, f"data.root={folder}", "--validate").startswith(want)
-    assert cli_error(tmp_path, MNIST, f"data.root={folder}", "trainer.max_steps=1").startswith(want)
+    assert cli_error(tmp_path, MNIST, f"data.root={folder.parent}", "--validate").startswith(want)
+    assert cli_error(tmp_path, MNIST, f"data.root={folder.parent}", "trainer.max_steps=1").startswith(want)
 
 
 def test_mnist_label_out_of_range_is_named(tmp_path):
     folder = mnist_copy(tmp_path)
     rewrite_gz(folder / "train-labels-idx1-ubyte.gz", lambda raw: raw[: 8 + 5] + bytes([12]) + raw[8 + 6 :])
-    err = cli_error(tmp_path, MNIST, f"data.root={folder}", "--validate")
+    err = cli_error(tmp_path, MNIST, f"data.root={folder.parent}", "--validate")
     assert err == f"error: {folder / 'train-labels-idx1-ubyte.gz'}: label 12 at item 5 is not a digit 0-9"
 
 

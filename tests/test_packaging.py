@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from conftest import REPO
 
 
 @pytest.fixture(scope="module")
-def wheel_names(tmp_path_factory) -> list[str]:
+def wheel_file(tmp_path_factory):
     src = tmp_path_factory.mktemp("src")
     for part in ("pyproject.toml", "README.md", "capsule_kit", "tasks", "recipes"):
         if (REPO / part).is_dir():
@@ -25,7 +26,12 @@ def wheel_names(tmp_path_factory) -> list[str]:
     cmd = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out), str(src)]
     subprocess.run(cmd, check=True, capture_output=True, timeout=300)
     (wheel,) = out.glob("capsule_kit-*.whl")
-    with zipfile.ZipFile(wheel) as z:
+    return wheel
+
+
+@pytest.fixture(scope="module")
+def wheel_names(wheel_file) -> list[str]:
+    with zipfile.ZipFile(wheel_file) as z:
         return z.namelist()
 
 
@@ -34,6 +40,8 @@ def test_wheel_has_no_generic_tasks_package(wheel_names):
     assert tops == {"capsule_kit", "capsule_kit_tasks"}
     assert "capsule_kit_tasks/digits/mnist/train-images-idx3-ubyte.gz" in wheel_names
     assert "capsule_kit/routing/fused_kernel.cpp" in wheel_names  # built on first use of fused routing
+    shipped = {p.name for p in (REPO / "recipes").glob("*.yaml")}
+    assert shipped and {f"capsule_kit/recipes/{n}" for n in shipped} <= set(wheel_names)  # `capsule-kit mnist`
 
 
 def test_wheel_declares_builtin_tasks_as_entry_points(wheel_names):
@@ -47,3 +55,27 @@ def test_wheel_declares_builtin_tasks_as_entry_points(wheel_names):
 def test_core_holds_no_list_of_domains():
     core = "\n".join(p.read_text() for p in (REPO / "capsule_kit").rglob("*.py"))
     assert "capsule_kit_tasks" not in core and "tasks.digits" not in core
+
+
+def test_installed_wheel_lists_and_runs_shipped_recipes_by_name(wheel_file, tmp_path):
+    site = tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel_file)]
+    subprocess.run(pip, check=True, capture_output=True, timeout=300)
+    env = {**os.environ, "PYTHONPATH": str(site)}  # the wheel's files, not this clone's (cwd has no recipes/)
+
+    def cli(*args):
+        cmd = [sys.executable, "-m", "capsule_kit.run", *args]
+        return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+    where = subprocess.run([sys.executable, "-c", "import capsule_kit; print(capsule_kit.__file__)"], cwd=tmp_path,
+                           env=env, capture_output=True, text=True, timeout=120).stdout  # fmt: skip
+    assert where.startswith(str(site)), where
+    proc = cli("mnist", "--validate")
+    assert proc.returncode == 0 and f"{site}/capsule_kit/recipes/mnist.yaml" in proc.stdout, proc.stderr
+    proc = cli("run", "mnist_efficient", "trainer.epochs=1", "--validate")
+    assert proc.returncode == 0 and "mnist_efficient.yaml" in proc.stdout, proc.stderr
+    listing = cli("ls")
+    assert listing.returncode == 0, listing.stderr
+    assert "mnist_em" in listing.stdout and "digits" in listing.stdout and "capsule_kit_tasks.text" in listing.stdout
+    err = cli("mnistt").stderr.strip()
+    assert err.startswith("error: recipe not found: 'mnistt'") and "mnist_em" in err, err

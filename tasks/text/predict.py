@@ -14,7 +14,6 @@ Shapes: N sentences, C classes.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from capsule_kit.checkpoint import load_checkpoint
 from capsule_kit.config import validate
 from capsule_kit.distributed import DistInfo, pick_device
 from capsule_kit.errors import CheckpointError, ConfigError, DataError, UserError
+from capsule_kit.rundir import RunDir
 from capsule_kit.task import resolve_task
 
 
@@ -59,16 +59,13 @@ def lengths_text(row: Tensor) -> str:
 
 def checkpoint_path(path: str | Path) -> Path:
     """The checkpoint file of a run directory: the weights its results.json tested (best or last)."""
-    p = Path(path)
-    if not (p / "checkpoints").is_dir():
-        return p  # a checkpoint file (load_checkpoint names it when missing)
-    which = "last"
-    if (p / "results.json").is_file():
-        try:
-            which = json.loads((p / "results.json").read_text(encoding="utf-8")).get("test_weights") or "last"
-        except (ValueError, AttributeError):
-            raise CheckpointError(f"{p / 'results.json'}: not a results file (cannot tell best from last)") from None
-    return p / "checkpoints" / ("best.pt" if which == "best" else "last.pt")
+    run = RunDir(Path(path))
+    if not run.checkpoints.is_dir():
+        return run.path  # a checkpoint file (load_checkpoint names it when missing)
+    try:
+        return run.tested_weights()
+    except UserError:
+        raise CheckpointError(f"{run.results}: not a results file (cannot tell best from last)") from None
 
 
 def load_predictor(path: str | Path, device: torch.device) -> tuple[nn.Module, object]:
