@@ -34,16 +34,17 @@ sys.path.insert(0, str(REPO))
 
 from capsule_kit import run  # noqa: E402
 from capsule_kit.checkpoint import load_checkpoint  # noqa: E402
+from capsule_kit.config import read_yaml  # noqa: E402
 from capsule_kit.routing import build  # noqa: E402
 
 QUICK = {  # per task: overrides that keep a smoke run small (data limits, one fold)
     "digits": ["data.train_limit=2000", "data.test_limit=200", "data.test_pairs=200"],
-    "graphs": ["cv.folds=1"],
+    "graphs": ["split.folds=1"],
     "points": ["data.train_limit=64", "data.test_limit=32"],
 }
 DRY = {  # dry run: one recipe per domain, tiny models and data, on CPU
     "mnist": ["model.name=capsnet_tiny", "data.train_limit=64", "data.test_limit=32", "trainer.batch_size=16"],
-    "graph_cls": ["cv.folds=1", "trainer.eval_max_steps=1"],
+    "graph_cls": ["split.folds=1", "trainer.eval_max_steps=1"],
     "points_tiny": [],
     "text_trec": ["data.train_limit=64"],
 }
@@ -66,7 +67,7 @@ def train_losses(run_dir: Path) -> list[float]:
 
 def one_run(recipe: Path, out: Path, extra: list[str], quick: bool = True) -> dict:
     """Train a recipe briefly; exit code, finite losses, seconds."""
-    task = run.read_yaml(recipe)["task"]
+    task = read_yaml(recipe)["task"]
     t0 = time.perf_counter()
     code, err = quiet_main([str(recipe), *(QUICK.get(task, []) if quick else []), *extra, "trainer.progress=false",
                             "trainer.eval_max_steps=1", f"output_dir={out}"])  # fmt: skip

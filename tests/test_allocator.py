@@ -21,7 +21,8 @@ STEPS = textwrap.dedent(
     tuned = tune_cpu_allocator()
     torch.set_num_threads(1)
     from capsule_kit.models.matrix_em import MatrixCapsNet
-    m = MatrixCapsNet(a=8, b=4, c=4, d=4, iterations=2, padding=0)
+    from capsule_kit.routing import RoutingConfig
+    m = MatrixCapsNet(a=8, b=4, c=4, d=4, routing=RoutingConfig(name="em", iterations=2), padding=0)
     x = torch.rand(32, 1, 28, 28)
     m(x).lengths.sum().backward()
     f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

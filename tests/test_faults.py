@@ -396,6 +396,7 @@ def test_label_names_of_the_wrong_length_fail_validate(tmp_path):
 
 def test_directory_as_recipe_and_unknown_routing_list_their_aliases(tmp_path):
     err = cli_error(tmp_path, str(REPO / "recipes"), "--validate")
-    assert err == f"error: {REPO / 'recipes'} is a directory, expected a recipe YAML file"
+    want = f"error: recipe: {REPO / 'recipes'} is a folder; give a recipe file (.yaml) or a shipped recipe name"
+    assert err == want
     err = cli_error(tmp_path, MNIST, "model.routing.name=sabor", "--validate")
     assert "unknown routing 'sabor' (did you mean 'sabour'?)" in err and "dynamic (or sabour)" in err, err

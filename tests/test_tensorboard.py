@@ -30,7 +30,7 @@ def test_no_boolean_scalars(events):
     run_dir, acc = events
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert any(r.get("partial") is True for r in rows)  # max_steps stopped inside the epoch
-    assert "epoch/partial" not in acc.Tags()["scalars"] and "epoch/test_accuracy" in acc.Tags()["scalars"]
+    assert "epoch/partial" not in acc.Tags()["scalars"] and "epoch/val_accuracy" in acc.Tags()["scalars"]
 
 
 def test_recipe_as_text(events):

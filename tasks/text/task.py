@@ -51,18 +51,30 @@ class TextTask(Task):
 
     def check_data(self) -> None:
         """Read and check the data files (small; cached for build_data), so bad files stop before a run folder."""
-        from capsule_kit_tasks.text.data import encode_labels, label_vocab
+        from capsule_kit_tasks.text.data import encode_labels
 
         self.check_splits()
         if self.cfg.data.hub:
             return  # loading a hub dataset may need the network: left to build_data
         d, raw = self.cfg.data, self.raw_tables()
-        keys = label_vocab(raw["train"], self.multi, d.label_sep)  # empty/several labels name their row
-        if d.label_names is not None and len(d.label_names) != len(keys):
-            raise ConfigError(f"data.label_names: {len(d.label_names)} names for {len(keys)} labels {keys}")
+        keys = self.label_keys()
         for table in (raw["val"], raw["test"]):
             if table is not None:
                 encode_labels(table, keys, self.multi, d.label_sep)  # labels the training file never has
+
+    def label_keys(self) -> list[str]:
+        """Sorted labels of the whole training file, checked against ``data.label_names``.
+
+        Taken before any split or ``train_limit``, so a small or unlucky subset never drops a class
+        (the model keeps one output capsule per label of the file).
+        """
+        from capsule_kit_tasks.text.data import label_vocab
+
+        d = self.cfg.data
+        keys = label_vocab(self.raw_tables()["train"], self.multi, d.label_sep)  # empty/several labels name their row
+        if d.label_names is not None and len(d.label_names) != len(keys):
+            raise ConfigError(f"data.label_names: {len(d.label_names)} names for {len(keys)} labels {keys}")
+        return keys
 
     def check_splits(self) -> None:
         """Raise ConfigError for split settings that cannot work together."""
@@ -132,15 +144,13 @@ class TextTask(Task):
         return {"train": train, "val": val, "test": test}
 
     def build_data(self, fold: Any = None) -> Splits:
-        from capsule_kit_tasks.text.data import TextExamples, Tokenize, encode_labels, label_vocab
+        from capsule_kit_tasks.text.data import TextExamples, Tokenize, encode_labels
         from capsule_kit_tasks.text.frontends import PretrainedTokenizer, WordTokenizer
         from capsule_kit_tasks.text.vocab import build_tokenizer
 
         d = self.cfg.data
         tables = self.split_tables(fold)
-        self.keys = label_vocab(tables["train"], self.multi, d.label_sep)
-        if d.label_names is not None and len(d.label_names) != len(self.keys):
-            raise ConfigError(f"data.label_names: {len(d.label_names)} names for {len(self.keys)} labels {self.keys}")
+        self.keys = self.label_keys()
         self.names = list(d.label_names or self.keys)
         if self.cfg.model.embedding == "learned":
             self.tokenizer_json = build_tokenizer(
