@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -40,3 +41,10 @@ def only_run_dir(output_dir: Path) -> Path:
 def results(run_dir: Path) -> dict:
     """Parsed ``results.json`` of a run."""
     return json.loads((run_dir / "results.json").read_text())
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now (torchrun rendezvous: no clash with another test run)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -17,7 +17,7 @@ import torch
 from capsule_kit import run
 from capsule_kit.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from capsule_kit.errors import CheckpointError
-from tests.helpers import REPO, only_run_dir, results, run_cli
+from tests.helpers import REPO, free_port, only_run_dir, results, run_cli
 
 TINY = [
     "model.name=capsnet_tiny",
@@ -200,7 +200,7 @@ def test_torchrun_two_cpu_processes(tmp_path):
     cmd = [
         torchrun,
         "--nproc_per_node=2",
-        "--master_port=29517",
+        f"--master_port={free_port()}",
         "-m",
         "capsule_kit.run",
         "recipes/mnist.yaml",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +24,7 @@ from capsule_kit.functional import squash
 from capsule_kit.layers import DEFAULT_VOTE_BUDGET, VOTE_BUDGET_ENV, DenseCaps, parse_bytes, vote_budget
 from capsule_kit.losses import margin_loss
 from capsule_kit.task import Task
-from tests.helpers import REPO, only_run_dir, results
+from tests.helpers import REPO, free_port, only_run_dir, results
 
 TASK = "tests.test_scale:StreamTask"
 
@@ -250,12 +249,6 @@ def _torchrun() -> str | None:
     return shutil.which("torchrun") or (str(exe) if exe.exists() else None)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(_torchrun() is None, reason="torchrun not installed")
 def test_torchrun_ranks_read_disjoint_parts_of_a_stream(tmp_path):
     pytest.importorskip("datasets")
@@ -266,7 +259,7 @@ def test_torchrun_ranks_read_disjoint_parts_of_a_stream(tmp_path):
         f"task: '{TASK}'\ntrainer: {{epochs: 1, batch_size: 6, device: cpu, progress: false}}\n"
         f"data: {{items: 48, source: hf, shards: 2, record: '{seen}'}}\n"
     )
-    cmd = [_torchrun(), "--nproc_per_node=2", f"--master_port={_free_port()}", "-m", "capsule_kit.run"]
+    cmd = [_torchrun(), "--nproc_per_node=2", f"--master_port={free_port()}", "-m", "capsule_kit.run"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "HF_DATASETS_OFFLINE": "1"}
     cmd += [str(recipe), f"output_dir={tmp_path / 'runs'}"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240, env=env)
