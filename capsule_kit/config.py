@@ -145,7 +145,7 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """Read a recipe with the bounded safe loader; errors name the file (and line)."""
     p = Path(path)
     if p.is_dir():
-        raise ConfigError(f"{p} is a directory, expected a recipe YAML file")
+        raise ConfigError(f"recipe: {p} is a folder; give a recipe file (.yaml) or a shipped recipe name")
     if not p.is_file():
         raise ConfigError(f"recipe not found: {p}")
     if p.stat().st_size > MAX_RECIPE_BYTES:

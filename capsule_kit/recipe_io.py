@@ -38,11 +38,9 @@ def shipped_recipes() -> dict[str, Path]:
 def find_recipe(spec: str | Path) -> Path:
     """A recipe file from a path, or from the name of a shipped recipe (``mnist`` -> ``.../mnist.yaml``).
 
-    A path that exists wins; a folder is refused by name (not "not found").
+    A path that exists wins (a folder is refused by :func:`~capsule_kit.config.read_yaml`, by name).
     """
     p = Path(spec)
-    if p.is_dir():
-        raise ConfigError(f"recipe: {p} is a folder; give a recipe file (.yaml) or a shipped recipe name")
     if p.exists():
         return p
     shipped = shipped_recipes()

@@ -48,3 +48,13 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+# A 2-step-sized MNIST run through the CLI: the tiny CapsNet on a few images (tests extend it).
+TINY_MNIST = [
+    "model.name=capsnet_tiny",
+    "data.train_limit=48",
+    "data.test_limit=32",
+    "trainer.batch_size=16",
+    "trainer.progress=false",
+]

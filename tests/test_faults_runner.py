@@ -14,16 +14,9 @@ import pytest
 import torch
 
 from capsule_kit.checkpoint import load_checkpoint, save_checkpoint
-from tests.helpers import REPO, only_run_dir, results, run_cli
+from tests.helpers import REPO, TINY_MNIST, only_run_dir, results, run_cli
 
-TINY = [
-    "model.name=capsnet_tiny",
-    "data.train_limit=48",
-    "data.test_limit=32",
-    "trainer.batch_size=16",
-    "trainer.progress=false",
-    "trainer.threads=1",
-]
+TINY = [*TINY_MNIST, "trainer.threads=1"]
 
 
 def one_line(proc, code: int = 2) -> str:

@@ -22,17 +22,9 @@ from capsule_kit.checkpoint import load_checkpoint
 from capsule_kit.rundir import RunDir
 from capsule_kit.session import git_commit
 from conftest import data_path
-from tests.helpers import REPO, only_run_dir, results, run_cli
+from tests.helpers import REPO, TINY_MNIST, only_run_dir, results, run_cli
 
-TINY = [
-    "model.name=capsnet_tiny",
-    "data.train_limit=48",
-    "data.test_limit=32",
-    "trainer.batch_size=16",
-    "trainer.progress=false",
-    "trainer.threads=1",
-    "trainer.max_steps=2",
-]
+TINY = [*TINY_MNIST, "trainer.threads=1", "trainer.max_steps=2"]
 
 
 def umask_027():

@@ -17,16 +17,9 @@ import torch
 from capsule_kit import run
 from capsule_kit.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from capsule_kit.errors import CheckpointError
-from tests.helpers import REPO, free_port, only_run_dir, results, run_cli
+from tests.helpers import REPO, TINY_MNIST, free_port, only_run_dir, results, run_cli
 
-TINY = [
-    "model.name=capsnet_tiny",
-    "data.train_limit=48",
-    "data.test_limit=32",
-    "trainer.batch_size=16",
-    "trainer.progress=false",
-    "trainer.log_every=1",
-]
+TINY = [*TINY_MNIST, "trainer.log_every=1"]
 RECIPES = sorted(p.relative_to(REPO) for p in (REPO / "recipes").rglob("*.yaml"))
 
 
