@@ -205,19 +205,6 @@ class GraphTask(Task):
     def label_names(self) -> list[str] | None:
         return None if self._set is None else [str(i) for i in range(self._set.num_classes)]
 
-    def pictures(
-        self, model: nn.Module, data: Splits, run_dir: Path, device: Any, outputs: list[dict[str, Tensor]]
-    ) -> dict[str, Any]:
-        """Confusion matrix of the final test evaluation (the last fold)."""
-        cm = self.metrics(outputs).get("confusion_matrix") if outputs else None
-        if not cm:
-            return {}
-        from capsule_kit.plots import plot_confusion
-
-        path = plot_confusion(cm, [str(i) for i in range(len(cm))], Path(run_dir) / "confusion.png",
-                              title=f"{self.cfg.data.name} test (last fold)")  # fmt: skip
-        return {"confusion_png": path.name}
-
     def summarize_folds(self, fold_results: list[dict], run_dir: Path) -> dict[str, Any]:
         """Box plot + per-fold bars of the test accuracy; returns the per-fold accuracies."""
         from capsule_kit.plots import plot_folds
