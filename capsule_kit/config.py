@@ -61,6 +61,10 @@ class TrainerConfig(Strict):
     optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="Optimizer.")
     lr: float = Field(1e-3, gt=0, description="Learning rate.")
     lr_decay: float = Field(1.0, gt=0, le=1, description="Exponential learning-rate decay per epoch.")
+    schedule: Literal["exponential", "cosine"] = Field(
+        "exponential", description="LR schedule: lr_decay per epoch, or cosine to 0 over the planned steps."
+    )
+    warmup_steps: int = Field(0, ge=0, description="Linear LR warm-up over the first N steps (either schedule).")
     weight_decay: float = Field(0.0, ge=0, description="Weight decay.")
     grad_clip: float | None = Field(None, gt=0, description="Clip the gradient norm to this value.")
     seed: int = Field(0, description="Seed for weights, shuffling and augmentation.")

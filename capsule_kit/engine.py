@@ -25,6 +25,7 @@ from capsule_kit.metrics import scalars
 from capsule_kit.plots import plot_curves
 from capsule_kit.progress import MetricsLog, Progress, banner, plan, run_facts, summary
 from capsule_kit.report import write_report
+from capsule_kit.schedule import Schedule
 from capsule_kit.stop import StopFlag
 from capsule_kit.task import Task
 from capsule_kit.tensorboard import TensorBoardLog
@@ -54,7 +55,6 @@ class Trainer:
         task: The task.
         model: The (possibly DDP/compiled) model.
         optimizer: Optimizer.
-        scheduler: Per-epoch LR scheduler.
         splits: The data.
         cfg: Trainer options.
         device: Device.
@@ -68,7 +68,6 @@ class Trainer:
         task: Task,
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
-        scheduler: Any,
         splits: Splits,
         cfg: TrainerConfig,
         device: torch.device,
@@ -76,7 +75,7 @@ class Trainer:
         run_dir: Path,
         extra_state: dict,
     ) -> None:
-        self.task, self.model, self.opt, self.sched, self.splits = task, model, optimizer, scheduler, splits
+        self.task, self.model, self.opt, self.splits = task, model, optimizer, splits
         self.cfg, self.device, self.info, self.run_dir, self.extra = cfg, device, info, run_dir, extra_state
         self.state = LoopState()
         self._refreshed = -1e9  # monotonic time of the last report refresh
@@ -85,6 +84,7 @@ class Trainer:
         self.train_loader = make_loader(splits.train, splits, cfg, train=True, info=info)
         self.eval_split = "val" if splits.val is not None else "test"  # honest names: test_* without a val split
         self.eval_loader = make_loader(splits.val or splits.test, splits, cfg, train=False, info=info)
+        self.sched = Schedule(optimizer, cfg, self.total_steps())
         self.metrics_file = run_dir / "metrics.jsonl"
         self.metrics = MetricsLog(self.metrics_file, info.main)
         self.sums, self.clock = RunningSums(device), CheckpointClock(cfg.checkpoint_every)
@@ -185,6 +185,7 @@ class Trainer:
         total, t0, seen = self.total_steps(), time.perf_counter(), 0
         for batch in self.train_loader:
             self.task.progress = st.step / max(total, 1)
+            self.sched.apply(st.step, st.epoch)
             res = self.train_step(move_to(batch, self.device))
             st.step, st.batch_in_epoch, seen = st.step + 1, st.batch_in_epoch + 1, seen + res["n"]
             self.progress.step(st.epoch + 1)
@@ -240,11 +241,10 @@ class Trainer:
         return res
 
     def end_epoch(self, partial: bool) -> None:
-        """Evaluate, log the epoch line, step the LR schedule, save last/best."""
+        """Evaluate, log the epoch line, save last/best."""
         st = self.state
         if not partial:
             st.epoch, st.batch_in_epoch = st.epoch + 1, 0
-            self.sched.step()
         row = {"kind": "epoch", "epoch": st.epoch + int(partial), "step": st.step}
         if partial:  # stopped by max_steps inside an epoch
             row["partial"] = True

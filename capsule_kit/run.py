@@ -57,8 +57,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_optimizer(model: torch.nn.Module, cfg, groups: list[dict] | None = None) -> tuple[torch.optim.Optimizer, Any]:
-    """Optimizer from ``trainer`` options (and the task's parameter groups) with a per-epoch exponential LR decay."""
+def build_optimizer(model: torch.nn.Module, cfg, groups: list[dict] | None = None) -> torch.optim.Optimizer:
+    """Optimizer from ``trainer`` options and the task's parameter groups (the rate schedule: :mod:`.schedule`)."""
     params: Any = [p for p in model.parameters() if p.requires_grad]
     if groups:  # a group's lr_scale multiplies trainer.lr
         params = [
@@ -70,7 +70,7 @@ def build_optimizer(model: torch.nn.Module, cfg, groups: list[dict] | None = Non
         opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
     else:
         opt = kinds[cfg.optimizer](params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return opt, torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.lr_decay)
+    return opt
 
 
 def wrap_model(model: torch.nn.Module, cfg, device: torch.device, info: DistInfo) -> torch.nn.Module:
@@ -113,9 +113,9 @@ def run_fold(s: Session, fold: Any, index: int, ckpt: dict | None, on_resumed=No
             "chosen on the test split); use 'last' or give the task a validation split"
         )
     model = wrap_model(s.task.build_model(), cfg.trainer, s.device, info)
-    opt, sched = build_optimizer(model, cfg.trainer, s.task.param_groups(unwrap(model)))
+    opt = build_optimizer(model, cfg.trainer, s.task.param_groups(unwrap(model)))
     s.task.before_training(unwrap(model), splits, s.device)
-    trainer = Trainer(s.task, model, opt, sched, splits, cfg.trainer, s.device, info, s.run.path,
+    trainer = Trainer(s.task, model, opt, splits, cfg.trainer, s.device, info, s.run.path,
                       s.checkpoint_extra(index))  # fmt: skip
     if ckpt is not None:
         resume_into(trainer, ckpt, s.run.last)

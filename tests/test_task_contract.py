@@ -80,7 +80,7 @@ def test_runner_calls_the_hooks_and_hands_pictures_the_test_outputs(tmp_path):
 def test_param_groups_scale_the_learning_rate():
     model = ContractTask(ContractConfig()).build_model()
     cfg = ck.TrainerConfig(lr=0.002)
-    opt, _ = run.build_optimizer(model, cfg, ContractTask(ContractConfig()).param_groups(model))
+    opt = run.build_optimizer(model, cfg, ContractTask(ContractConfig()).param_groups(model))
     assert [g["lr"] for g in opt.param_groups] == [0.02, 0.002]
     assert [len(g["params"]) for g in opt.param_groups] == [2, 2]
 
