@@ -20,6 +20,7 @@ import yaml
 
 from capsule_kit.metrics import labels, scalars
 from capsule_kit.report import recorded_overrides
+from capsule_kit.rundir import RunDir
 
 FIXED = ("run", "recipe", "task", "overrides", "params", "wall_s", "ex_per_s")
 SAME_EVERYWHERE = ("name", "output_dir")  # differ by design; the run column says it
@@ -64,8 +65,9 @@ def _typed(res: dict, key: str, kinds: tuple[type, ...], default):
 
 def row(run_dir: Path) -> dict:
     """One table row from a run's results.json and run.json; raises BadRun when they are unusable."""
-    res = _json_dict(run_dir / "results.json", required=True)
-    env = _json_dict(run_dir / "run.json", required=False)
+    run = RunDir(run_dir)
+    res = _json_dict(run.results, required=True)
+    env = _json_dict(run.run_json, required=False)
     test, extra = _typed(res, "test", (dict,), {}), _typed(res, "extra", (dict,), {})
     rate = _typed(res, "train_examples_per_s", (int, float), None)
     out = {
@@ -95,7 +97,7 @@ def flat(tree, prefix: str = "") -> dict:
 
 def recipe_keys(run_dir: Path) -> dict:
     """A run's resolved recipe as dotted keys; ``{}`` (and a note on stderr) when unreadable."""
-    path = run_dir / "recipe.yaml"
+    path = RunDir(run_dir).recipe
     if not path.exists():
         return {}
     try:
@@ -192,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot:
         from capsule_kit.plots import plot_overlay, read_metrics
 
-        plot_overlay({d.name: read_metrics(d / "metrics.jsonl") for d in good}, Path(args.plot))
+        plot_overlay({d.name: read_metrics(RunDir(d).metrics) for d in good}, Path(args.plot))
         print(f"curves: {args.plot}", file=sys.stderr)
     return 0
 

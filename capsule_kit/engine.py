@@ -25,6 +25,7 @@ from capsule_kit.metrics import scalars
 from capsule_kit.plots import plot_curves
 from capsule_kit.progress import MetricsLog, Progress, banner, plan, run_facts, summary
 from capsule_kit.report import write_report
+from capsule_kit.rundir import RunDir
 from capsule_kit.schedule import Schedule
 from capsule_kit.stop import StopFlag
 from capsule_kit.task import Task
@@ -85,7 +86,8 @@ class Trainer:
         self.eval_split = "val" if splits.val is not None else "test"  # honest names: test_* without a val split
         self.eval_loader = make_loader(splits.val or splits.test, splits, cfg, train=False, info=info)
         self.sched = Schedule(optimizer, cfg, self.total_steps())
-        self.metrics_file = run_dir / "metrics.jsonl"
+        self.run = RunDir(run_dir)
+        self.metrics_file = self.run.metrics
         self.metrics = MetricsLog(self.metrics_file, info.main)
         self.sums, self.clock = RunningSums(device), CheckpointClock(cfg.checkpoint_every)
         self.writer = None
@@ -135,7 +137,7 @@ class Trainer:
         rng = rng_states(self.info.world if last else 1)
         if self.info.main:
             payload = self.checkpoint_payload(rng)  # best.pt: weights only (the optimizer state is for resuming)
-            save_checkpoint(self.run_dir / "checkpoints" / f"{name}.pt", payload if last else weights_only(payload))
+            save_checkpoint(self.run.checkpoint(name), payload if last else weights_only(payload))
         self.clock.reset()
         if self.writer is not None:
             self.writer.flush()
@@ -260,7 +262,7 @@ class Trainer:
         self.save("last")
         # Refresh the page so a long run can be watched, at most every 30 s (many short epochs).
         if self.info.main and (time.monotonic() - self._refreshed > 30 or st.epoch == self.cfg.epochs):
-            plot_curves(self.metrics_file, self.run_dir / "curves.png")
+            plot_curves(self.metrics_file, self.run.curves)
             write_report(self.run_dir)
             self._refreshed = time.monotonic()
         prefix = f"{self.eval_split}_"

@@ -18,6 +18,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display: the one place the backend is chosen
 import matplotlib.pyplot as plt  # noqa: E402
 
+from capsule_kit.rundir import RunDir  # noqa: E402
+
 __all__ = ["plot_confusion", "plot_curves", "plot_folds", "plot_overlay", "plt", "read_metrics", "standard_pictures"]
 
 EVAL_PREFIXES = ("val_", "test_")
@@ -183,10 +185,10 @@ def standard_pictures(run_dir: Path, results: dict, label_names: Sequence[str] |
     (summed over folds: each example is in exactly one test fold); ``cv_accuracy.png`` when
     the run has several folds with an accuracy.
     """
-    run_dir, made = Path(run_dir), []
+    run, made = RunDir(run_dir), []
     label_names = label_names or results.get("label_names") or (results.get("extra") or {}).get("labels")
-    if plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png"):
-        made.append("curves.png")
+    if plot_curves(run.metrics, run.curves):
+        made.append(run.curves.name)
     folds = [f for f in results.get("folds") or [results.get("test") or {}] if isinstance(f, dict)]
     cms = [f["confusion_matrix"] for f in folds if f.get("confusion_matrix")]
     if cms and all(len(cm) == len(cms[0]) for cm in cms):
@@ -194,10 +196,10 @@ def standard_pictures(run_dir: Path, results: dict, label_names: Sequence[str] |
         names = list(label_names) if label_names and len(label_names) == len(total) else range(len(total))
         where = "all test folds" if len(cms) > 1 else "test"
         title = f"{results.get('name')}: {where}"
-        plot_confusion(total, [str(n) for n in names], run_dir / "confusion.png", title=title)
-        made.append("confusion.png")
+        plot_confusion(total, [str(n) for n in names], run.confusion, title=title)
+        made.append(run.confusion.name)
     accs = [float(f.get("accuracy", math.nan)) for f in folds]
     if len(folds) > 1 and any(not math.isnan(a) for a in accs):
-        plot_folds(accs, run_dir / "cv_accuracy.png", title=str(results.get("name") or "cross validation"))
+        plot_folds(accs, run.cv_accuracy, title=str(results.get("name") or "cross validation"))
         made.append("cv_accuracy.png")
     return made

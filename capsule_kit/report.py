@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from importlib import metadata
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import yaml
 from capsule_kit.checkpoint import atomic_write_text
 from capsule_kit.metrics import labels, scalars
 from capsule_kit.plots import read_metrics
+from capsule_kit.rundir import RunDir
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
@@ -86,17 +86,6 @@ def _grid(head: list[str], rows: list[list]) -> str:
     return f"<table><tr>{top}</tr>{body}</table>"
 
 
-def read_json(path: Path) -> dict:
-    """A run directory's JSON file (run.json, results.json) as a dict; ``{}`` when it is not there yet."""
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def pictures_in(run_dir: Path) -> list[Path]:
-    """PNG files of a run, curves first."""
-    pngs = sorted(run_dir.glob("*.png"))
-    return sorted(pngs, key=lambda p: (p.name != "curves.png", p.name))
-
-
 def _figure(path: Path, caption: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     name = html.escape(path.name)
@@ -112,7 +101,7 @@ def captions(results: dict) -> dict[str, str]:
 
 
 def _epoch_table(run_dir: Path) -> str:
-    rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("kind") == "epoch"]
+    rows = [r for r in read_metrics(RunDir(run_dir).metrics) if r.get("kind") == "epoch"]
     if not rows:
         return "<p>no epoch finished yet</p>"
     keys = list(dict.fromkeys(k for r in rows for k in r if k != "kind"))
@@ -155,7 +144,7 @@ def _data_sizes(results: dict) -> str:
 
 def _predictions(run_dir: Path, rows: int = 10) -> list[str]:
     """The first rows of the run's ``predictions.tsv`` (e.g. text with capsule lengths), as a table."""
-    path = run_dir / "predictions.tsv"
+    path = RunDir(run_dir).predictions
     if not path.exists():
         return []
     with path.open(encoding="utf-8", errors="replace") as fh:
@@ -191,15 +180,16 @@ def summary(run_dir: Path, results: dict, env: dict) -> dict:
 
 def write_report(run_dir: Path) -> Path:
     """(Re)write ``run_dir/report.html`` from the files in the run directory."""
-    run_dir = Path(run_dir)
-    results, env = read_json(run_dir / "results.json"), read_json(run_dir / "run.json")
-    recipe = (run_dir / "recipe.yaml").read_text() if (run_dir / "recipe.yaml").exists() else ""
+    run = RunDir(run_dir)
+    run_dir = run.path
+    results, env = run.read_json(run.results), run.read_json(run.run_json)
+    recipe = run.recipe.read_text() if run.recipe.exists() else ""
     keys = ("torch", "python", "device", "threads", "omp_wait_policy", "platform", "started")
     env_rows = {"capsule-kit (this page)": version()}
     env_rows.update({k: v for k, v in env.items() if k.startswith(("capsule", "git", "version"))})
     env_rows.update({k: env[k] for k in keys if k in env})
     names = captions(results)
-    figures = [_figure(p, names.get(p.name, "picture written by the task")) for p in pictures_in(run_dir)]
+    figures = [_figure(p, names.get(p.name, "picture written by the task")) for p in run.pictures()]
     parts = [
         f"<h1>{html.escape(run_dir.name)}</h1>",
         _table(summary(run_dir, results, env)),
@@ -222,7 +212,7 @@ def write_report(run_dir: Path) -> Path:
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(run_dir.name)}</title>"
         f"<style>{STYLE}</style></head><body>{''.join(parts)}<script>{SCRIPT}</script></body></html>"
     )
-    out = run_dir / "report.html"
+    out = run.report
     atomic_write_text(out, page)
     return out
 
@@ -236,5 +226,5 @@ def recorded_overrides(env: dict) -> list[str]:
 
 def recipe_of(run_dir: Path) -> dict:
     """The resolved recipe of a run as a dict."""
-    path = Path(run_dir) / "recipe.yaml"
+    path = RunDir(run_dir).recipe
     return yaml.safe_load(path.read_text()) if path.exists() else {}

@@ -71,6 +71,14 @@ class RunDir:
         return self.path / "curves.png"
 
     @property
+    def confusion(self) -> Path:
+        return self.path / "confusion.png"
+
+    @property
+    def cv_accuracy(self) -> Path:
+        return self.path / "cv_accuracy.png"
+
+    @property
     def predictions(self) -> Path:
         return self.path / "predictions.tsv"
 

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from capsule_kit.errors import ConfigError
+from capsule_kit.rundir import RunDir
 
 SKIP = ("step", "epoch")
 
@@ -45,9 +46,9 @@ class TensorBoardLog:
     """
 
     def __init__(self, run_dir: Path, *, fold: int = 0, recipe: dict | None = None) -> None:
-        self.run_dir, self.recipe = Path(run_dir), recipe or {}
-        self.writer = _writer_class()(str(self.run_dir / "tb" / (f"fold_{fold}" if fold else "")))
-        text = (self.run_dir / "recipe.yaml").read_text() if (self.run_dir / "recipe.yaml").exists() else ""
+        self.run, self.recipe = RunDir(run_dir), recipe or {}
+        self.writer = _writer_class()(str(self.run.tensorboard / (f"fold_{fold}" if fold else "")))
+        text = self.run.recipe.read_text() if self.run.recipe.exists() else ""
         if text or self.recipe:
             body = text or json.dumps(self.recipe, indent=2)
             self.writer.add_text("recipe", "```\n" + body + "\n```", 0)  # markdown: keep the indentation
@@ -65,7 +66,7 @@ class TensorBoardLog:
         """Add hparams with the final test metrics (from results.json) and the PNG pictures; close."""
         from torch.utils.tensorboard.summary import hparams
 
-        results_path = self.run_dir / "results.json"
+        results_path = self.run.results
         results = json.loads(results_path.read_text()) if results_path.exists() else {}
         test = results.get("test") if isinstance(results.get("test"), dict) else {}
         metrics = {
@@ -84,6 +85,6 @@ class TensorBoardLog:
     def _pictures(self, step: int) -> None:
         from matplotlib.image import imread
 
-        for png in sorted(self.run_dir.glob("*.png")):
+        for png in self.run.pictures():
             image = imread(png)[..., :3]  # [H, W, 3] floats in [0, 1] (alpha dropped)
             self.writer.add_image(f"pictures/{png.stem}", image, step, dataformats="HWC")
