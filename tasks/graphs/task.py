@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from capsule_kit.config import Recipe, Strict
 from capsule_kit.data import DataSection, Splits, data_root, limit_indices
-from capsule_kit.errors import UserError
+from capsule_kit.errors import ConfigError, UserError
 from capsule_kit.losses import MarginConfig, reconstruction_loss
 from capsule_kit.metrics import classification_metrics
 from capsule_kit.routing import RoutingConfig, VectorRouting
@@ -39,6 +39,9 @@ class DataConfig(DataSection):
         True, description="Prepend continuous node attributes when present (standardised on the training fold)."
     )
     max_degree: int = Field(32, ge=1, description="One-hot degree width for data sets without node labels (clipped).")
+    edge_labels: bool = Field(
+        False, description="Append per-node counts of each edge label (needs <name>_edge_labels.txt); false: ignored."
+    )
 
 
 class ModelConfig(Strict):
@@ -137,7 +140,10 @@ class GraphTask(Task):
     def check_data(self) -> None:
         from capsule_kit_tasks.graphs.tu import check_raw  # numpy + core only
 
-        check_raw(self._root(), self.cfg.data.name)
+        d = self.cfg.data
+        folder = check_raw(self._root(), d.name)
+        if d.edge_labels and not (folder / f"{d.name}_edge_labels.txt").is_file():  # before any data is read
+            raise ConfigError(f"data.edge_labels: TU data set '{d.name}' has no {d.name}_edge_labels.txt in {folder}")
 
     def graph_set(self):
         """The loaded data set (read once per task)."""
@@ -145,8 +151,9 @@ class GraphTask(Task):
             data, _ = _pyg()
             d = self.cfg.data
             self._set = data.load_graphs(
-                self._root(), d.name, node_attributes=d.node_attributes, max_degree=d.max_degree
-            )
+                self._root(), d.name, node_attributes=d.node_attributes, max_degree=d.max_degree,
+                edge_labels=d.edge_labels,
+            )  # fmt: skip
         return self._set
 
     def folds(self) -> list[int]:
