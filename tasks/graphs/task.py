@@ -1,4 +1,4 @@
-"""Graph classification with CapsGNN on TU benchmarks (MUTAG, PROTEINS, any TU-format set).
+"""Graph classification with CapsGNN (or the baseline, ``model.name``) on TU benchmarks (any TU-format set).
 
 Protocol of the paper: stratified 10-fold cross validation (``split.folds``); the
 runner trains one fresh model per fold and reports mean/std of the test
@@ -14,10 +14,10 @@ model is built (extra ``graph``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import AfterValidator, Field
 from torch import Tensor, nn
 
 from capsule_kit.config import Recipe, Strict
@@ -29,6 +29,7 @@ from capsule_kit.routing import RoutingConfig, VectorRouting
 from capsule_kit.routing.config import ROUTING_MOVED
 from capsule_kit.splits import SplitConfig, split_indices
 from capsule_kit.task import Task, register_task
+from capsule_kit_tasks.graphs.registry import GRAPH_MODELS
 
 
 class DataConfig(DataSection):
@@ -45,10 +46,13 @@ class DataConfig(DataSection):
 
 
 class ModelConfig(Strict):
-    """CapsGNN sizes (tasks/graphs/model.py)."""
+    """Which model (CapsGNN or the baseline) and its sizes (tasks/graphs/model.py, baseline.py)."""
 
     moved: ClassVar[dict[str, str]] = ROUTING_MOVED
 
+    name: Annotated[str, AfterValidator(GRAPH_MODELS.check)] = Field(
+        "capsgnn", description="capsgnn, or baseline: summed node features -> MLP (no edges, no capsules)."
+    )
     channels: int = Field(16, ge=1, description="GCN channels C = node capsules per node.")
     layers: int = Field(4, ge=1, description="GCN layers L = node capsule dim.")
     graph_caps: int = Field(8, ge=1, description="Graph capsules P.")
@@ -63,7 +67,8 @@ class ModelConfig(Strict):
     normalize: bool = Field(
         False, description="GCN symmetric degree normalisation (Kipf & Welling); false: sum over neighbours and self."
     )
-    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the GCN layers' inputs.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on GCN layer inputs (baseline: after each layer).")
+    hidden: list[int] = Field([64], description="Hidden widths of the baseline's MLP (model.name=baseline).")
     graph_init_std: float = Field(5.0, gt=0, description="Init std of the node -> graph capsule transforms.")
     class_init_std: float = Field(0.5, gt=0, description="Init std of the class capsule transforms.")
 
@@ -124,7 +129,7 @@ def balanced_recon_loss(recon: Tensor, target: Tensor) -> Tensor:
 
 @register_task("graphs", aliases=("capsgnn",))
 class GraphTask(Task):
-    """CapsGNN graph classification with K-fold cross validation."""
+    """Graph classification (CapsGNN or the summed-features baseline) with K-fold cross validation."""
 
     Config = GraphConfig
     monitor = "accuracy"
@@ -177,16 +182,19 @@ class GraphTask(Task):
         return Splits(pick(train), pick(test), None if val is None else pick(val), collate=data.collate, info=info)
 
     def build_model(self) -> nn.Module:
-        _, model = _pyg()
-        gs, m = self.graph_set(), self.cfg.model
-        return model.CapsGNN(
-            in_features=gs.num_features, num_classes=gs.num_classes,
-            hist_dim=gs.hist_dim if self.cfg.loss.recon_weight > 0 else 0,
-            channels=m.channels, layers=m.layers, graph_caps=m.graph_caps, graph_dim=m.graph_dim,
-            class_dim=m.class_dim, attention_hidden=m.attention_hidden, routing=m.routing,
-            decoder_hidden=tuple(m.decoder_hidden), dropout=m.dropout, graph_init_std=m.graph_init_std,
-            class_init_std=m.class_init_std, normalize=m.normalize,
+        _pyg()
+        gs = self.graph_set()
+        hist_dim = gs.hist_dim if self.cfg.loss.recon_weight > 0 else 0
+        return GRAPH_MODELS.build(
+            self.cfg.model.name, in_features=gs.num_features, num_classes=gs.num_classes, hist_dim=hist_dim,
+            cfg=self.cfg.model,
         )  # fmt: skip
+
+    def before_training(self, model: nn.Module, data: Splits, device: Any) -> None:
+        """The baseline standardises its inputs with the training graphs' sums (never val or test)."""
+        if hasattr(model, "fit_input_scale"):
+            sums = torch.stack([g.x.sum(0) for g in data.train.graphs])  # [B_train, F]
+            model.fit_input_scale(sums.to(device))
 
     def step(self, model: nn.Module, batch: Any, *, train: bool) -> dict[str, Any]:
         """Shapes: batch.x [V, F], batch.y [B], batch.hist [B, H] -> lengths [B, N_cls]."""
@@ -217,7 +225,8 @@ class GraphTask(Task):
         from capsule_kit.plots import plot_folds
 
         accs = [float(r.get("accuracy", r.get("test_accuracy", float("nan")))) for r in fold_results]
-        path = plot_folds(accs, Path(run_dir) / "cv_accuracy.png", title=f"CapsGNN on {self.cfg.data.name}")
+        title = f"{self.cfg.model.name} on {self.cfg.data.name}"
+        path = plot_folds(accs, Path(run_dir) / "cv_accuracy.png", title=title)
         out = {"cv_plot": path.name, "fold_accuracy": accs}
         cms = [torch.tensor(r["confusion_matrix"]) for r in fold_results if r.get("confusion_matrix")]
         if cms and all(cm.shape == cms[0].shape for cm in cms):  # every graph is in exactly one test fold
