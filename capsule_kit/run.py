@@ -143,8 +143,12 @@ def load_best(trainer: Trainer, run: RunDir, main: bool) -> None:
     load_weights(unwrap(trainer.model), load_checkpoint(run.best), run.best)
 
 
-def summarize(task: Task, folds: list[dict], run_dir: Path) -> dict:
-    """Test metrics, with mean/std over folds when there are several."""
+def summarize(task: Task, folds: list[dict], run_dir: Path, counts: list[dict] = ()) -> dict:
+    """Test metrics, with mean/std over folds when there are several.
+
+    Each entry of ``folds`` in the result also names the epoch its tested weights come from
+    (``best_epoch`` from ``counts``: chosen on the validation split; None: the last epoch's weights).
+    """
     if len(folds) == 1:
         return {"test": folds[0]}
     keys = set.intersection(*(set(scalars(f)) for f in folds))
@@ -153,7 +157,7 @@ def summarize(task: Task, folds: list[dict], run_dir: Path) -> dict:
         "test": {k: float(v.mean()) for k, v in stats.items()},
         "test_std": {k: float(v.std()) for k, v in stats.items()},
     }
-    out["folds"] = folds
+    out["folds"] = [{**f, "best_epoch": c.get("best_epoch")} for f, c in zip(folds, counts)] if counts else folds
     out.update(task.summarize_folds(folds, run_dir) or {})
     return out
 
@@ -161,7 +165,8 @@ def summarize(task: Task, folds: list[dict], run_dir: Path) -> dict:
 def fold_counts(trainer: Trainer) -> dict:
     """Counters of one finished fold (summed over folds in results.json)."""
     st = trainer.state
-    return {"steps": st.step, "epochs": st.epoch, "examples": st.examples, "train_time_s": st.train_time}
+    return {"steps": st.step, "epochs": st.epoch, "examples": st.examples, "train_time_s": st.train_time,
+            "best_epoch": st.best_epoch}  # fmt: skip
 
 
 def train(
@@ -219,7 +224,7 @@ def train_folds(s: Session, ckpt: dict | None, record_run) -> dict:
     totals = {k: sum(c.get(k, 0) for c in s.fold_counts) for k in ("steps", "epochs", "examples", "train_time_s")}
     st = trainer.state
     fields = {
-        **summarize(s.task, s.fold_results, s.run.path),
+        **summarize(s.task, s.fold_results, s.run.path, s.fold_counts),
         "wall_time_s": round(time.perf_counter() - t0, 2),
         "train_time_s": round(totals["train_time_s"], 2),
         "train_examples": totals["examples"],

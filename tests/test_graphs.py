@@ -25,8 +25,12 @@ MUTAG = data_path("graphs", "TU", "MUTAG", "raw")
 needs_mutag = pytest.mark.skipif(not MUTAG.is_dir(), reason="MUTAG not under the data root")
 
 
-def write_tu(root, name, graphs, labels, node_labels=None):
-    """A tiny TU data set: ``graphs`` = list of (num_nodes, edges with 0-based local ids)."""
+def write_tu(root, name, graphs, labels, node_labels=None, node_attributes=None, edge_labels=None):
+    """A tiny TU data set: ``graphs`` = list of (num_nodes, edges with 0-based local ids).
+
+    ``node_attributes``: one row of floats per node; ``edge_labels``: one label per undirected
+    edge (written for both of its directions, as TU lists them).
+    """
     raw = root / "graphs" / "TU" / name / "raw"
     raw.mkdir(parents=True)
     ind, edges, base = [], [], 0
@@ -40,6 +44,11 @@ def write_tu(root, name, graphs, labels, node_labels=None):
     (raw / f"{name}_graph_labels.txt").write_text("".join(f"{y}\n" for y in labels))
     if node_labels is not None:
         (raw / f"{name}_node_labels.txt").write_text("".join(f"{v}\n" for v in node_labels))
+    if node_attributes is not None:
+        rows = (", ".join(map(str, r)) for r in node_attributes)
+        (raw / f"{name}_node_attributes.txt").write_text("".join(f"{r}\n" for r in rows))
+    if edge_labels is not None:
+        (raw / f"{name}_edge_labels.txt").write_text("".join(f"{v}\n{v}\n" for v in edge_labels))
     return raw
 
 

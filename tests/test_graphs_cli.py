@@ -20,7 +20,7 @@ RECIPE = str(REPO / "recipes" / "graph_cls.yaml")
 QUICK = ["trainer.max_steps=2", "trainer.eval_max_steps=2", "trainer.progress=false", "trainer.batch_size=8"]
 
 
-@pytest.mark.parametrize("name", ["graph_cls.yaml", "graph_proteins.yaml"])
+@pytest.mark.parametrize("name", ["graph_cls.yaml", "graph_proteins.yaml", "graph_nci109.yaml"])
 def test_graph_recipes_validate(name, capsys):
     if not data_path("graphs", "TU").is_dir():
         pytest.skip("no TU data under the data root")

@@ -38,6 +38,7 @@ SMALL = {  # recipe -> overrides keeping the recipe's model family and data, at 
     "text_sst2_minilm.yaml": TEXT[:2] + ["model.pretrained_layer=2", *TEXT[3:]],
     "graph_cls.yaml": ["split.folds=1", "trainer.batch_size=4", "model.channels=4", "model.layers=2"],
     "graph_proteins.yaml": ["split.folds=1", "trainer.batch_size=4", "model.channels=4", "model.layers=2"],
+    "graph_nci109.yaml": ["split.folds=1", "trainer.batch_size=4", "model.channels=4", "model.layers=2"],
     "points_tiny.yaml": ["data.train_limit=12", "data.test_limit=8"],
     "points_ae.yaml": ["data.train_limit=12", "data.test_limit=8", "trainer.batch_size=4", "data.num_points=256",
                        "data.input_points=128", "model.primary_caps=32", "model.latent_caps=8", "model.latent_dim=8",

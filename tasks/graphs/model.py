@@ -151,6 +151,8 @@ class CapsGNN(nn.Module):
 
     """
 
+    routing_kind = "vector"  # any vector routing (model.routing)
+
     def __init__(
         self,
         *,
