@@ -11,6 +11,7 @@ reported as mean +- std over seeds. The sweep writes one folder,
 
 For cross-validated recipes each seed's value is already the mean over folds
 (its ``test_std`` is kept per run); the summary's std is then the spread over seeds.
+``--keys trainer.seed,split.seed`` gives each seed its own folds too ("3 CV seeds").
 """
 
 from __future__ import annotations
@@ -51,8 +52,20 @@ def summarize(per_seed: list[dict]) -> dict[str, dict]:
     return out
 
 
-def sweep(recipe: str, seeds: list[int], overrides: list[str]) -> dict:
-    """Train ``recipe`` once per seed (after ``overrides``); returns and writes the summary."""
+def parse_keys(text: str) -> list[str]:
+    """``"trainer.seed,split.seed"`` -> the dotted keys each seed is written to; ConfigError names ``--keys``."""
+    keys = [k.strip() for k in text.split(",") if k.strip()]
+    if not keys or any(not k.replace(".", "").replace("_", "").isalnum() for k in keys):
+        raise ConfigError(f"--keys '{text}': expected comma-separated dotted keys, e.g. trainer.seed,split.seed")
+    return keys
+
+
+def sweep(recipe: str, seeds: list[int], overrides: list[str], keys: tuple[str, ...] = ("trainer.seed",)) -> dict:
+    """Train ``recipe`` once per seed (after ``overrides``), the seed written to each of ``keys``.
+
+    Returns:
+        The summary (also written to ``summary.json``).
+    """
     from capsule_kit.run import load_recipe, train
 
     cfg, _ = load_recipe(recipe, overrides)  # validated once before any run starts
@@ -60,7 +73,7 @@ def sweep(recipe: str, seeds: list[int], overrides: list[str]) -> dict:
     folder = Path(cfg.output_dir) / f"{cfg.name}-seeds-{stamp}"
     per_seed, runs, t0 = [], [], time.perf_counter()
     for seed in seeds:
-        extra = [f"trainer.seed={seed}", f"name={cfg.name}-seed{seed}", f"output_dir={folder}"]
+        extra = [*(f"{k}={seed}" for k in keys), f"name={cfg.name}-seed{seed}", f"output_dir={folder}"]
         seed_cfg, task_cls = load_recipe(recipe, [*overrides, *extra])
         print(f"sweep: seed {seed} ({len(runs) + 1}/{len(seeds)})", file=sys.stderr)
         res = train(seed_cfg, task_cls, argv=[], overrides=[*overrides, *extra])
@@ -70,6 +83,7 @@ def sweep(recipe: str, seeds: list[int], overrides: list[str]) -> dict:
         "recipe": str(recipe),
         "overrides": list(overrides),
         "seeds": seeds,
+        "seed_keys": list(keys),
         "runs": runs,
         "test": summarize(per_seed),
         "wall_time_s": round(time.perf_counter() - t0, 2),
@@ -84,9 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("recipe", help="recipe YAML")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.epochs=1")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    p.add_argument(
+        "--keys", default="trainer.seed", help="keys each seed is written to (trainer.seed,split.seed: new folds too)"
+    )
     args = p.parse_intermixed_args(argv)
     try:
-        summary = sweep(args.recipe, parse_seeds(args.seeds), args.overrides)
+        summary = sweep(args.recipe, parse_seeds(args.seeds), args.overrides, tuple(parse_keys(args.keys)))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

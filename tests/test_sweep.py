@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from capsule_kit.errors import ConfigError
-from capsule_kit.sweep import parse_seeds, summarize
+from capsule_kit.sweep import parse_keys, parse_seeds, summarize, sweep
 from tests.helpers import REPO
 
 SMOKE = ["trainer.max_steps=2", "trainer.eval_max_steps=1", "trainer.batch_size=8", "trainer.progress=false"]
@@ -53,3 +53,21 @@ def test_cli_bad_override_is_one_line(tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "did you mean 'trainer.epochs'" in proc.stderr
+
+
+def test_keys_give_each_seed_its_own_folds(tmp_path, monkeypatch):
+    """--keys trainer.seed,split.seed: seed S is written to both keys (3 CV seeds), summary says which."""
+    from capsule_kit import run
+
+    seen = []
+
+    def fake_train(cfg, task_cls, **kw):
+        seen.append((cfg.trainer.seed, cfg.split.seed))
+        return {"test": {"accuracy": cfg.split.seed / 10}, "run_dir": f"run{cfg.split.seed}"}
+
+    monkeypatch.setattr(run, "train", fake_train)
+    summary = sweep(str(REPO / "recipes" / "graph_cls.yaml"), [5, 6], [f"output_dir={tmp_path}"], ("trainer.seed", "split.seed"))
+    assert seen == [(5, 5), (6, 6)] and summary["seed_keys"] == ["trainer.seed", "split.seed"]
+    assert summary["test"]["accuracy"]["values"] == [0.5, 0.6]
+    with pytest.raises(ConfigError, match="--keys"):
+        parse_keys("trainer.seed;rm")
