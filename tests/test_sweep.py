@@ -66,7 +66,8 @@ def test_keys_give_each_seed_its_own_folds(tmp_path, monkeypatch):
         return {"test": {"accuracy": cfg.split.seed / 10}, "run_dir": f"run{cfg.split.seed}"}
 
     monkeypatch.setattr(run, "train", fake_train)
-    summary = sweep(str(REPO / "recipes" / "graph_cls.yaml"), [5, 6], [f"output_dir={tmp_path}"], ("trainer.seed", "split.seed"))
+    recipe, keys = str(REPO / "recipes" / "graph_cls.yaml"), ("trainer.seed", "split.seed")
+    summary = sweep(recipe, [5, 6], [f"output_dir={tmp_path}"], keys)
     assert seen == [(5, 5), (6, 6)] and summary["seed_keys"] == ["trainer.seed", "split.seed"]
     assert summary["test"]["accuracy"]["values"] == [0.5, 0.6]
     with pytest.raises(ConfigError, match="--keys"):
