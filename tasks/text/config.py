@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import codecs
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from capsule_kit.config import Recipe, Strict
 from capsule_kit.data import DataSection
@@ -29,6 +30,10 @@ class DataConfig(DataSection):
     hub: str | None = Field(None, description="Hugging Face hub dataset name instead of files (needs network/cache).")
     hub_config: str | None = Field(None, description="Configuration name of the hub dataset.")
     format: Literal["auto", "tsv", "csv", "json"] = Field("auto", description="File format (auto: from suffix).")
+    encoding: str = Field("utf-8", description="Text encoding of the files (e.g. latin-1, cp1252, utf-16).")
+    empty_rows: Literal["error", "drop"] = Field(
+        "error", description="Rows with an empty text: error names the first one; drop leaves them out (counted)."
+    )
     text_column: str = Field("text", description="Column holding the text.")
     label_column: str = Field("label", description="Column holding the label(s): ints or strings.")
     multi_label: bool = Field(False, description="Several labels per text (list, or joined by data.label_sep).")
@@ -41,6 +46,15 @@ class DataConfig(DataSection):
     )
     min_freq: int = Field(1, ge=1, description="Keep training words seen at least this often (others: [UNK]).")
     max_vocab: int | None = Field(None, ge=3, description="Cap the vocabulary (most frequent words).")
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"unknown text encoding '{value}' (e.g. utf-8, latin-1, cp1252)") from None
+        return value
 
 
 class ModelConfig(Strict):
