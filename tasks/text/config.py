@@ -40,6 +40,9 @@ class DataConfig(DataSection):
     label_sep: str = Field(",", description="Separator of several labels in one string cell.")
     label_names: list[str] | None = Field(None, description="Display names of the sorted labels (default: as read).")
     max_len: int = Field(64, ge=1, description="Tokens kept per text (longer texts are truncated).")
+    bucket_by_length: bool = Field(
+        False, description="Training batches of texts of similar token length (less padding; still seeded)."
+    )
     lowercase: bool = Field(True, description="Lower-case words (learned embeddings).")
     tokenize: Literal["words", "whitespace"] = Field(
         "words", description="words: split punctuation off (\\w+|[^\\w\\s]+); whitespace: split on spaces only."

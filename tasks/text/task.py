@@ -182,7 +182,15 @@ class TextTask(Task):
             if m.embedding == "learned"
             else PretrainedTokenizer(m.pretrained_path, d.max_len)
         )
-        return Splits(train=sets["train"], val=sets["val"], test=sets["test"], collate=Tokenize(encode), info=info)
+        lengths = encode(tables["train"].texts)[1].sum(1).tolist() if d.bucket_by_length else None
+        return Splits(
+            train=sets["train"],
+            val=sets["val"],
+            test=sets["test"],
+            collate=Tokenize(encode),
+            info=info,
+            lengths=lengths,
+        )
 
     def before_training(self, model: nn.Module, data: Splits, device: Any) -> None:
         """Before the first step: cache a frozen encoder's states of the train/val texts in one sorted pass."""
