@@ -81,6 +81,8 @@ class Splits:
         val: Optional validation dataset (``best`` checkpoints follow it; else ``test``).
         collate: Optional collate function for all splits.
         info: Plain data describing the data (sizes, label names), saved in results.json.
+        lengths: Optional size of each training example (e.g. tokens): training batches are
+            then drawn from examples of similar size (length bucketing, less padding).
 
     """
 
@@ -89,6 +91,7 @@ class Splits:
     val: Dataset | None = None
     collate: Callable[[list[Any]], Any] | None = None
     info: dict[str, Any] | None = None
+    lengths: Sequence[int] | None = None
 
 
 class TensorPairs(Dataset):

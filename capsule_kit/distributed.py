@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,12 +122,29 @@ class ResumableSampler(DistributedSampler):
     """Seeded per-epoch shuffling (sharded across ranks) that can skip a done prefix.
 
     The order depends only on (seed, epoch), so an interrupted epoch resumes with
-    exactly the batches it had left.
+    exactly the batches it had left. Given per-example ``lengths`` and the
+    ``batch_size``, batches are length-bucketed: each run of ``BUCKET_POOL`` batches
+    of the shuffled order is sorted by length and cut into batches, and the full
+    batches are shuffled (the short last batch stays last, so the loader's batches
+    are exactly these). Batches then carry little padding; the order is still seeded.
     """
 
-    def __init__(self, dataset: Dataset, info: DistInfo, seed: int, shuffle: bool = True) -> None:
+    BUCKET_POOL = 50
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        info: DistInfo,
+        seed: int,
+        shuffle: bool = True,
+        *,
+        lengths: Sequence[int] | None = None,
+        batch_size: int | None = None,
+    ) -> None:
         super().__init__(dataset, num_replicas=info.world, rank=info.rank, shuffle=shuffle, seed=seed)
-        self.skip = 0
+        if lengths is not None and (batch_size is None or len(lengths) != len(dataset)):
+            raise ValueError("length bucketing needs one length per example and the batch size")
+        self.lengths, self.batch_size, self.skip = lengths, batch_size, 0
 
     def start(self, epoch: int, skip_examples: int = 0) -> None:
         """Select the epoch's order and how many leading examples to skip."""
@@ -134,7 +152,22 @@ class ResumableSampler(DistributedSampler):
         self.skip = skip_examples
 
     def __iter__(self):
-        return iter(list(super().__iter__())[self.skip :])
+        order = list(super().__iter__())
+        if self.lengths is not None:
+            order = self._bucketed(order)
+        return iter(order[self.skip :])
+
+    def _bucketed(self, order: list[int]) -> list[int]:
+        """``order`` regrouped into batches of similar length (full batches shuffled, seeded by seed and epoch)."""
+        size, pool = self.batch_size, self.batch_size * self.BUCKET_POOL
+        batches = []
+        for s in range(0, len(order), pool):
+            chunk = sorted(order[s : s + pool], key=lambda i: self.lengths[i])
+            batches += [chunk[b : b + size] for b in range(0, len(chunk), size)]
+        short = [batches.pop()] if batches and len(batches[-1]) < size else []
+        g = torch.Generator().manual_seed(self.seed * 7919 + self.epoch + 1)
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()] + short
+        return [i for batch in batches for i in batch]
 
     def __len__(self) -> int:
         return max(0, super().__len__() - self.skip)

@@ -38,6 +38,7 @@ def loader_len(loader: DataLoader) -> int | None:
 def make_loader(dataset: Dataset, splits: Splits, cfg: TrainerConfig, *, train: bool, info: DistInfo) -> DataLoader:
     """DataLoader with a seeded, resumable (and DDP-sharded) sampler for training.
 
+    With ``splits.lengths`` the training batches are length-bucketed (:class:`ResumableSampler`).
     Iterable (streaming) training sets have no sampler: under torchrun each rank
     reads its own part of the stream (:func:`capsule_kit.distributed.shard_iterable`).
     """
@@ -46,7 +47,7 @@ def make_loader(dataset: Dataset, splits: Splits, cfg: TrainerConfig, *, train: 
     if train and isinstance(dataset, IterableDataset):
         dataset = shard_iterable(dataset, info)
     elif train:
-        sampler = ResumableSampler(dataset, info, cfg.seed)
+        sampler = ResumableSampler(dataset, info, cfg.seed, lengths=splits.lengths, batch_size=batch)
     cuda = cfg.device != "cpu" and torch.cuda.is_available()
     return DataLoader(
         dataset,

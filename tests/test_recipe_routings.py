@@ -36,6 +36,8 @@ SMALL = {  # recipe -> overrides keeping the recipe's model family and data, at 
     "text_trec.yaml": TEXT[:1] + TEXT[2:],  # its first rows miss some of the 6 classes
     "text_mr.yaml": TEXT[:1] + TEXT[2:],  # MR's file is sorted by label: its first rows are one class
     "text_sst2_minilm.yaml": TEXT[:2] + ["model.pretrained_layer=2", *TEXT[3:]],
+    "text_sst2_minilm_ft.yaml": TEXT[:2] + ["model.pretrained_layer=2", "model.finetune_layers=1", *TEXT[3:]],
+    "text_trec_minilm.yaml": TEXT[:2] + ["model.pretrained_layer=2", "model.finetune_layers=1", *TEXT[3:]],
     "graph_cls.yaml": ["split.folds=1", "trainer.batch_size=4", "model.channels=4", "model.layers=2"],
     "graph_proteins.yaml": ["split.folds=1", "trainer.batch_size=4", "model.channels=4", "model.layers=2"],
     "graph_nci109.yaml": ["split.folds=1", "trainer.batch_size=4", "model.channels=4", "model.layers=2"],
@@ -61,7 +63,7 @@ def needs_data(name: str, tmp_path: Path) -> list[str]:
     folder = {"text": ("text",), "graph": ("graphs", "TU"), "points": ("points",)}.get(name.split("_")[0])
     if folder and not data_path(*folder).is_dir():
         pytest.skip(f"no {'/'.join(folder)} data under the data root")
-    if name == "text_sst2_minilm.yaml":
+    if "minilm" in name:
         from tests.test_text import make_tiny_bert
 
         return [f"model.pretrained_path={make_tiny_bert(tmp_path)}"]

@@ -349,7 +349,7 @@ def test_pretrained_front_end_cache_is_exact_and_frozen(tiny_bert):
         PretrainedEmbedder(str(tiny_bert), max_len=12, layer=3)
     top = PretrainedEmbedder(str(tiny_bert), max_len=12, finetune_layers=1)
     trained = {n.split(".")[2] for n, p in top.encoder.named_parameters() if p.requires_grad}
-    assert trained == {"1"} and not top.cache_enabled  # only the last layer of encoder.layer.{0,1}
+    assert trained == {"1"} and top.start == 1  # only the last layer of encoder.layer.{0,1}; layer 1's input cached
 
 
 def test_pretrained_model_trains_capsules_on_frozen_states(tiny_bert):

