@@ -16,6 +16,7 @@ from torch import Tensor
 
 from capsule_kit.checkpoint import atomic_write_text
 from capsule_kit.data import Splits
+from capsule_kit.rundir import RunDir
 from capsule_kit_tasks.text.predict import label_of, lengths_text, target_of
 
 
@@ -46,10 +47,11 @@ def text_pictures(task: Any, data: Splits, run_dir: Path, outputs: list[dict[str
             lengths_text(row),
         ]
         rows.append("\t".join(cells))
-    atomic_write_text(run_dir / "predictions.tsv", "\n".join(rows) + "\n")
+    predictions = RunDir(run_dir).predictions  # the report shows its first rows
+    atomic_write_text(predictions, "\n".join(rows) + "\n")
     labels = [{"index": i, "value": k, "name": n} for i, (k, n) in enumerate(zip(keys, names))]
     atomic_write_text(run_dir / "labels.json", json.dumps(labels, indent=2))
-    out = {"labels": names, "label_values": keys, "predictions": "predictions.tsv", "labels_file": "labels.json"}
+    out = {"labels": names, "label_values": keys, "predictions": predictions.name, "labels_file": "labels.json"}
     if task.tokenizer_json:
         atomic_write_text(run_dir / "tokenizer.json", task.tokenizer_json)
         out["tokenizer"] = "tokenizer.json"
