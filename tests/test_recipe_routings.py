@@ -32,6 +32,7 @@ SMALL = {  # recipe -> overrides keeping the recipe's model family and data, at 
     "affine.yaml": DIGITS,
     "affine_cnn.yaml": DIGITS,
     "multimnist.yaml": DIGITS,
+    "multimnist_gpu.yaml": [*DIGITS, "trainer.num_workers=0"],
     "text_cls.yaml": TEXT,
     "text_trec.yaml": TEXT[:1] + TEXT[2:],  # its first rows miss some of the 6 classes
     "text_mr.yaml": TEXT[:1] + TEXT[2:],  # MR's file is sorted by label: its first rows are one class
