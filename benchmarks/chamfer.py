@@ -5,8 +5,8 @@ batch of B clouds of P points in the unit ball:
 
 * naive: ``((x[:, :, None] - y[:, None]) ** 2).sum(-1)``, both minima, autograd through
   the [B, P, P] matrix (tests/test_points_chamfer.py's reference);
-* torch: our chunked ``cdist`` neighbour search, then distances recomputed from the
-  gathered neighbours (``use_kernel=False``; the GPU path);
+* torch: our chunked neighbour search in torch (squared differences, no square root),
+  then distances recomputed from the gathered neighbours (``use_kernel=False``; the GPU path);
 * kernel: the same with the C++ neighbour search (``nn_kernel.cpp``; the CPU default).
 
 Then one training step of ``recipes/points_ae.yaml``'s model at its batch size, split

@@ -48,6 +48,19 @@ def test_indices_are_true_nearest_neighbours_float32(use_kernel):
     assert torch.equal(x_to_y, d.argmin(2)) and torch.equal(y_to_x, d.argmin(1))
 
 
+@pytest.mark.parametrize("use_kernel", [False, True])
+def test_no_false_tie_from_a_square_root(use_kernel):
+    # met in training: squared distances 0.0086022280 (index 0) and 0.0086022271 (index 1) in float32,
+    # the same after a float32 square root, so cdist + argmin picked index 0, the farther point
+    src = [-0.1886826753616333, 0.06836406886577606, 0.06200272962450981]
+    far = [-0.19568584859371185, 0.15606535971164703, 0.03264855593442917]
+    near = [-0.13750949501991272, 0.1384735107421875, 0.029319414868950844]
+    x, y = torch.tensor([[src]]), torch.tensor([[far, near]])
+    assert ((y.double() - x.double()) ** 2).sum(-1).argmin().item() == 1
+    assert nearest_indices(x, y, use_kernel=use_kernel)[0].item() == 1
+    assert nearest_indices(y, x, use_kernel=use_kernel)[1].item() == 1
+
+
 def test_kernel_and_torch_paths_agree_on_a_training_sized_batch_with_ties():
     if kernel() is None:
         pytest.skip("no C++ compiler here: the torch path is the only one")

@@ -9,9 +9,10 @@ directions (row minima for X -> Y, running column minima for Y -> X). On CPU
 the fused routing kernel) does it row by row in cache, never storing the
 pairwise matrix: about 4x faster than torch for 16 x 1,024 points
 (``benchmarks/chamfer.py``). Elsewhere, or where it cannot be built, torch does
-it in chunks of X rows with ``cdist`` in its exact (non-matmul) mode, so the
-pairwise matrix never exceeds ``max_bytes``. Both sum squared differences in
-the same order and break ties to the first index: the same neighbours. The
+it in chunks of X rows (:func:`squared_distances`), so the pairwise blocks
+never exceed ``max_bytes``. Both sum squared differences in the same order,
+compare squared distances (no square root, which can tie different ones) and
+break ties to the first index: the same neighbours. The
 distances are then recomputed from the gathered neighbours: the same values,
 with the gradient of the min (the sub-gradient picking the first nearest point
 on ties), and O(B * P) memory for backward instead of O(B * P * P).
@@ -54,6 +55,23 @@ def kernel():
         return None
 
 
+def squared_distances(x: Tensor, y: Tensor) -> Tensor:
+    """All pairwise squared distances, summed as ``(dx^2 + dy^2) + dz^2`` (the kernel's order).
+
+    Not ``cdist``: its square root maps different float squared distances to one value
+    (e.g. 0.0086022280 and 0.0086022271 both to 0.0927482), a false tie that argmin breaks
+    to the farther point; not ``|x|^2 + |y|^2 - 2 x.y`` either, which loses digits to cancellation.
+
+    Shapes:
+        x: [B, P, D], y: [B, Q, D]
+        returns: [B, P, Q]
+    """
+    d = (x[:, :, None, 0] - y[:, None, :, 0]).square_()
+    for k in range(1, x.shape[2]):
+        d += (x[:, :, None, k] - y[:, None, :, k]).square_()
+    return d
+
+
 @torch.no_grad()
 def nearest_indices(
     x: Tensor, y: Tensor, max_bytes: int = DEFAULT_MAX_BYTES, *, use_kernel: bool = True
@@ -75,12 +93,12 @@ def nearest_indices(
         x_to_y, y_to_x = kernel().nearest(x, y)
         return x_to_y, y_to_x
     b, p, q = x.shape[0], x.shape[1], y.shape[1]
-    rows = max(1, max_bytes // max(1, b * q * x.element_size()))
+    rows = max(1, max_bytes // max(1, 2 * b * q * x.element_size()))  # a block and one temporary
     best = torch.full((b, q), float("inf"), device=x.device, dtype=x.dtype)
     y_to_x = torch.zeros((b, q), device=x.device, dtype=torch.long)
     x_to_y = []
     for s in range(0, p, rows):
-        d = torch.cdist(x[:, s : s + rows], y, compute_mode="donot_use_mm_for_euclid_dist")  # [B, rows, Q]
+        d = squared_distances(x[:, s : s + rows], y)  # [B, rows, Q]
         x_to_y.append(d.argmin(dim=2))
         col_min, col_arg = d.min(dim=1)  # [B, Q]
         closer = col_min < best  # strict: ties keep the earlier (first) index
