@@ -28,7 +28,7 @@ from capsule_kit.metrics import scalars
 from capsule_kit.recipe_io import add_paths, load_recipe
 from capsule_kit.rundir import RunDir
 from capsule_kit.session import discard, finish, open_session, record
-from capsule_kit.task import Task
+from capsule_kit.task import Task, with_extra_metrics
 
 
 def model_for(task: Task, ckpt: dict, where: Path) -> tuple[nn.Module, Splits]:
@@ -57,12 +57,14 @@ def eval_checkpoint(
             model = model.to(s.device)
             loader = make_loader(splits.test, splits, cfg.trainer, train=False, info=s.info)
             metrics = evaluate(s.task, model, loader, s.device, cfg.trainer)
+            outputs = metrics.outputs
+            metrics = with_extra_metrics(s.task, metrics, model, splits, s.device)
             record(s, argv, overrides, checkpoint=str(path))
         except BaseException:
             discard(s)  # nothing worth keeping: the evaluation did not finish
             raise
         s.signals.arm()
-        s.test_outputs = getattr(metrics, "outputs", [])
+        s.test_outputs = outputs
         results = finish(s, model, splits, {"checkpoint": str(path), "test": dict(metrics)})
     print(json.dumps({"test": scalars(metrics), "run_dir": str(s.run)}, indent=2))
     return results

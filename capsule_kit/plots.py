@@ -1,9 +1,10 @@
 """The standard pictures of a run, drawn by the runner for every task (matplotlib, Agg).
 
 ``curves.png`` (loss, accuracy and learning rate over steps), ``confusion.png`` (from the
-test metrics' confusion matrix) and ``cv_accuracy.png`` (per-fold test accuracy), plus the
-shared drawing functions tasks use for their own pictures. This is the only module that
-selects the matplotlib backend: tasks import ``plt`` from here.
+test metrics' confusion matrix; ``<probe>_confusion.png`` from a ``<probe>_confusion_matrix``)
+and ``cv_accuracy.png`` (per-fold test accuracy), plus the shared drawing functions tasks use
+for their own pictures. This is the only module that selects the matplotlib backend: tasks
+import ``plt`` from here.
 """
 
 from __future__ import annotations
@@ -181,25 +182,31 @@ def plot_overlay(runs: Mapping[str, list[dict]], out: Path) -> Path:
 def standard_pictures(run_dir: Path, results: dict, label_names: Sequence[str] | None = None) -> list[str]:
     """Draw the pictures every run gets from its files and results; returns the file names written.
 
-    ``curves.png`` from ``metrics.jsonl``; ``confusion.png`` from the test confusion matrix
-    (summed over folds: each example is in exactly one test fold); ``cv_accuracy.png`` when
-    the run has several folds with an accuracy.
+    ``curves.png`` from ``metrics.jsonl``; ``confusion.png`` from the test confusion matrix and
+    ``<probe>_confusion.png`` from every ``<probe>_confusion_matrix`` test metric (e.g. an SVM
+    probe's, from :meth:`Task.evaluate_extra`), summed over folds (each example is in exactly one
+    test fold); ``cv_accuracy.png`` when the run has several folds with an accuracy.
     """
     run, made = RunDir(run_dir), []
     label_names = label_names or results.get("label_names") or (results.get("extra") or {}).get("labels")
     if plot_curves(run.metrics, run.curves):
         made.append(run.curves.name)
     folds = [f for f in results.get("folds") or [results.get("test") or {}] if isinstance(f, dict)]
-    cms = [f["confusion_matrix"] for f in folds if f.get("confusion_matrix")]
-    if cms and all(len(cm) == len(cms[0]) for cm in cms):
+    keys = [k for k in (folds[0] if folds else {}) if k == "confusion_matrix" or k.endswith("_confusion_matrix")]
+    for key in keys:
+        cms = [f[key] for f in folds if f.get(key)]
+        if not cms or any(len(cm) != len(cms[0]) for cm in cms):
+            continue
         total = [[sum(cm[i][j] for cm in cms) for j in range(len(cms[0]))] for i in range(len(cms[0]))]
         names = list(label_names) if label_names and len(label_names) == len(total) else range(len(total))
+        probe = key.removesuffix("confusion_matrix")  # "" or e.g. "svm_"
         where = "all test folds" if len(cms) > 1 else "test"
-        title = f"{results.get('name')}: {where}"
-        plot_confusion(total, [str(n) for n in names], run.confusion, title=title)
-        made.append(run.confusion.name)
+        title = f"{results.get('name')}: {probe.replace('_', ' ')}{where}"
+        out = run.path / f"{probe}{run.confusion.name}"  # confusion.png, svm_confusion.png, ...
+        plot_confusion(total, [str(n) for n in names], out, title=title)
+        made.append(out.name)
     accs = [float(f.get("accuracy", math.nan)) for f in folds]
     if len(folds) > 1 and any(not math.isnan(a) for a in accs):
         plot_folds(accs, run.cv_accuracy, title=str(results.get("name") or "cross validation"))
-        made.append("cv_accuracy.png")
+        made.append(run.cv_accuracy.name)
     return made

@@ -30,7 +30,7 @@ from capsule_kit.recipe_io import config_from_dict, load_recipe, task_paths
 from capsule_kit.rundir import RunDir
 from capsule_kit.session import Session, discard, finish, open_session, out_of_memory, print_summary, record
 from capsule_kit.stop import Interrupted
-from capsule_kit.task import Task, resolve_task
+from capsule_kit.task import Task, resolve_task, with_extra_metrics
 
 __all__ = ["load_recipe", "config_from_dict", "train", "train_recipe", "main", "cli", "parse_args"]
 
@@ -133,6 +133,8 @@ def run_fold(s: Session, fold: Any, index: int, ckpt: dict | None, on_resumed=No
         loader = make_loader(splits.test, splits, cfg.trainer, train=False, info=info)
         test = evaluate(s.task, unwrap(model), loader, s.device, cfg.trainer)
     s.test_outputs = getattr(test, "outputs", [])  # for task.pictures: the outputs behind the test metrics
+    if info.main:  # e.g. a probe on the frozen model, with the tested weights
+        test = with_extra_metrics(s.task, test, unwrap(model), splits, s.device)
     return dict(test), trainer
 
 

@@ -191,7 +191,7 @@ def finish(
     s.run.write_json(s.run.results, {**results, "extra": {}})
     _check_stop(s, "results.json written, pictures not drawn")
     results["extra"] = s.task.pictures(model, splits, s.run.path, s.device, s.test_outputs) or {}
-    standard_pictures(s.run.path, results)
+    standard_pictures(s.run.path, results, s.task.label_names())
     s.run.write_json(s.run.results, results)
     write_report(s.run.path)
     if after is not None:

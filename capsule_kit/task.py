@@ -30,6 +30,7 @@ class Task:
     :meth:`metrics`. ``monitor``/``monitor_mode`` choose the metric behind the
     ``best`` checkpoint. Everything else the runner calls is declared here with
     a default: :meth:`folds`, :meth:`param_groups`, :meth:`before_training`,
+    :meth:`evaluate_extra` (test metrics beyond per-batch outputs, e.g. a probe),
     :meth:`label_names`, :meth:`pictures` (given the evaluated test outputs, so a
     task keeps no hidden state and never re-predicts) and :meth:`summarize_folds`.
 
@@ -91,6 +92,25 @@ class Task:
     def before_training(self, model: nn.Module, data: Splits, device: Any) -> None:
         """Called once per fold before the first step, with the model on its device (e.g. to fill caches)."""
 
+    def evaluate_extra(self, model: nn.Module, data: Splits, device: Any) -> dict[str, Any]:
+        """Test metrics that need more than per-batch outputs, e.g. a probe trained on the frozen model.
+
+        Called once per fold, on the main process only, right after the test evaluation and with the
+        tested weights (also by ``--eval``). The result is merged into that fold's test metrics: it
+        lands in results.json ``test``, and its scalars get mean/std over folds like any metric.
+        Return plain data (numbers, strings, lists): it is stored in checkpoints and JSON.
+
+        Args:
+            model: The tested model (unwrapped, on ``device``).
+            data: The fold's datasets.
+            device: The model's device.
+
+        Returns:
+            Extra test metrics; their names must not repeat those of :meth:`metrics` (default: none).
+
+        """
+        return {}
+
     def label_names(self) -> list[str] | None:
         """Display names of the classes (after :meth:`build_data`), or None."""
         return None
@@ -113,6 +133,20 @@ class Task:
     def summarize_folds(self, fold_results: list[dict[str, Any]], run_dir: Path) -> dict[str, Any]:
         """Extra results of a cross-validated run from its per-fold test results (default: none)."""
         return {}
+
+
+def with_extra_metrics(task: Task, test: dict[str, Any], model: nn.Module, data: Splits, device: Any) -> dict:
+    """``test`` metrics plus the task's :meth:`Task.evaluate_extra` ones (a new dict; the runner calls this once).
+
+    Raises:
+        ValueError: when an extra metric repeats the name of a test metric (a task bug).
+
+    """
+    extra = task.evaluate_extra(model, data, device) or {}
+    clash = sorted(set(extra) & set(test))
+    if clash:
+        raise ValueError(f"{type(task).__name__}.evaluate_extra returned metrics its test pass has: {clash}")
+    return {**test, **extra}
 
 
 def register_task(name: str, *, aliases: tuple[str, ...] = ()):

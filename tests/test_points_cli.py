@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pytest
+import yaml
 
 from capsule_kit import run
 from capsule_kit_tasks.points.pictures import capsule_colors
 from capsule_kit_tasks.points.render import open3d_renderer
+from tests.conftest import data_path
 from tests.helpers import REPO, only_run_dir, results, run_cli
 
 TINY = str(REPO / "recipes" / "points_tiny.yaml")
+PAPER = REPO / "recipes" / "points_ae_paper.yaml"
 
 
 def read_ply_colors(path):
@@ -28,10 +34,13 @@ def test_tiny_recipe_trains_two_steps_and_reports_svm(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     run_dir = only_run_dir(tmp_path / "runs")
     res = results(run_dir)
-    assert res["steps"] == 2 and res["test"]["chamfer"] > 0 and 0 < res["test"]["part_spread"] < 2
-    extra = res["extra"]
-    assert 0.0 <= extra["svm_accuracy"] <= 1.0 and extra["svm_test_shapes"] == extra["svm_train_shapes"] - 10
-    assert 0.0 <= extra["svm_accuracy_random_init"] <= 1.0 and extra["svm_converged"] in (True, False)
+    test, extra = res["test"], res["extra"]
+    assert res["steps"] == 2 and test["chamfer"] > 0 and 0 < test["part_spread"] < 2
+    assert 0.0 <= test["svm_accuracy"] <= 1.0 and test["svm_test_shapes"] == test["svm_train_shapes"] - 10
+    assert 0.0 <= test["svm_accuracy_random_init"] <= 1.0 and test["svm_converged"] in (True, False)
+    assert test["svm_gain"] == test["svm_accuracy"] - test["svm_accuracy_random_init"]
+    for key in ("part_consistency", "part_drift", "chamfer", "part_spread"):  # trained and untrained
+        assert isinstance(test[key], float) and isinstance(test[f"{key}_random_init"], float), key
     assert extra["latent_transform_params"] == 8 * 16 * 16  # shared=inputs: one 8x(16*16) transform
     assert extra["latent_transform_params_full"] == 64 * 8 * 16 * 16
     assert extra["model_params_full_transform"] - res["params"] == 64 * 8 * 16 * 16 - 8 * 16 * 16
@@ -46,6 +55,29 @@ def test_tiny_recipe_trains_two_steps_and_reports_svm(tmp_path):
     rgb = read_ply_colors(recon[0])
     palette = np.round(capsule_colors(16) * 255).astype(int)
     assert rgb.shape == (256, 3) and (rgb == palette[np.arange(256) % 16]).all()  # colour = latent capsule
+
+
+def test_paper_recipe_trains_two_steps_at_the_papers_sizes(tmp_path, cache_env):
+    if not data_path("points", "ModelNet10_pcd1024").is_dir():
+        pytest.skip("no ModelNet10 under the data root")
+    res = run.train_recipe(
+        PAPER, "trainer.max_steps=2", "trainer.eval_max_steps=1", "trainer.batch_size=2", "trainer.eval_batch_size=4",
+        "trainer.device=cpu", "trainer.progress=false", "data.train_limit=10", "data.test_limit=10",
+        "pictures.shapes=1", f"output_dir={tmp_path}",
+    )  # fmt: skip
+    cfg = yaml.safe_load((Path(res["run_dir"]) / "recipe.yaml").read_text())
+    assert cfg["data"]["num_points"] == 1024 and cfg["data"]["input_points"] is None  # all 1,024 points in
+    m = cfg["model"]
+    assert (m["primary_caps"], m["primary_dim"], m["latent_caps"], m["latent_dim"], m["out_points"]) == (
+        1024,
+        16,
+        64,
+        64,
+        2048,
+    )
+    assert res["extra"]["latent_transform_params"] == 67_108_864  # the full (unshared) transform
+    assert res["steps"] == 2 and 0.0 <= res["test"]["svm_accuracy"] <= 1.0 and "svm_gain" in res["test"]
+    assert "part_consistency_random_init" in res["test"]
 
 
 def test_bad_point_file_is_one_line_exit_2(tmp_path, capsys, monkeypatch):

@@ -10,7 +10,8 @@ import torch
 
 from capsule_kit.errors import DataError, UserError
 from capsule_kit_tasks.points import io
-from capsule_kit_tasks.points.data import PointSet, detect_layout, discover, load_folder, rotate_up
+from capsule_kit_tasks.points.augment import rotate_up
+from capsule_kit_tasks.points.data import PointSet, detect_layout, discover, load_folder
 from capsule_kit_tasks.points.synthetic import CLASSES, synthetic_set
 from capsule_kit_tasks.points.task import DataConfig, PointsConfig, PointsTask
 from conftest import data_path

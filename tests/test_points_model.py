@@ -7,7 +7,8 @@ import torch
 from torch.nn import functional as F
 
 from capsule_kit.functional import squash
-from capsule_kit_tasks.points.model import CapsDecoder, PointCapsNet, PrimaryPointCaps, part_spread, transform_params
+from capsule_kit_tasks.points.model import CapsDecoder, PointCapsNet, PrimaryPointCaps, transform_params
+from capsule_kit_tasks.points.parts import part_spread
 from capsule_kit_tasks.points.transfer import svm_transfer
 
 TINY = dict(primary_caps=32, primary_dim=4, latent_caps=8, latent_dim=6, out_points=64, feature_channels=(8, 16))

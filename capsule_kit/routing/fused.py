@@ -32,7 +32,7 @@ from torch import Tensor
 SOURCE = Path(__file__).with_name("fused_kernel.cpp")
 
 
-def _cpu_tag() -> str:
+def cpu_tag() -> str:
     """Short hash of this CPU's feature flags: a kernel built with -march=native is reused only on the same CPU."""
     try:
         flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
@@ -48,7 +48,7 @@ def kernel():
 
     try:
         return load_inline(
-            name=f"capsule_kit_fused_routing_{_cpu_tag()}",
+            name=f"capsule_kit_fused_routing_{cpu_tag()}",
             cpp_sources=[SOURCE.read_text()],
             functions=["route_forward", "route_backward"],
             extra_cflags=["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp-simd"],

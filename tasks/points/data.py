@@ -16,7 +16,7 @@ Layouts (``data.layout``; ``auto`` detects them in this order):
 Every cloud is read once (meshes sampled, seeded), centred and scaled into the
 unit sphere, and the stacked arrays are cached as one ``.npz`` in
 ``cache_dir("points")`` keyed by the folder, its files (name, size, mtime) and
-the settings.
+the settings. Datasets and augmentation: ``augment.py``.
 
 Shapes: S shapes, P points.
 """
@@ -25,16 +25,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import Tensor
-from torch.utils.data import Dataset
 
 from capsule_kit.data import cache_dir, limit_indices
 from capsule_kit.errors import ConfigError, DataError
@@ -235,50 +231,3 @@ def load_synthetic(d) -> PointSet:
     """The procedural shape set, normalised like real clouds."""
     pts, labels, split, classes = synthetic_set(d.synthetic_train, d.synthetic_test, d.num_points, d.seed)
     return PointSet(normalize(pts), labels, split, classes, SYNTHETIC, synthetic=True)
-
-
-# -- datasets --------------------------------------------------------------------
-
-
-def rotate_up(points: Tensor, axis: int, angle: float) -> Tensor:
-    """Rotate a cloud about the coordinate axis ``axis`` (0/1/2 = x/y/z) by ``angle`` radians.
-
-    Shapes:
-        points: [P, 3] -> [P, 3]
-    """
-    c, s = math.cos(angle), math.sin(angle)
-    i, j = [k for k in range(3) if k != axis]
-    rot = torch.eye(3, dtype=points.dtype)
-    rot[i, i], rot[i, j], rot[j, i], rot[j, j] = c, -s, s, c
-    return points @ rot.T
-
-
-class CloudDataset(Dataset):
-    """Clouds and labels; training copies get optional up-axis rotation and clipped jitter.
-
-    Args:
-        points: [S, P, 3] clouds.
-        labels: [S] class indices.
-        augment: Apply ``rotate``/``jitter`` (training split only).
-        up_axis: Axis index of "up" for the rotation.
-        rotate: Random rotation about the up axis.
-        jitter: Gaussian jitter std (0 = off), clipped to ``jitter_clip``.
-        jitter_clip: Jitter clip.
-
-    """
-
-    def __init__(self, points, labels, *, augment=False, up_axis=2, rotate=False, jitter=0.0, jitter_clip=0.05):
-        self.points, self.labels = torch.as_tensor(points), torch.as_tensor(labels)
-        self.augment, self.up_axis, self.rotate = augment, up_axis, rotate
-        self.jitter, self.jitter_clip = jitter, jitter_clip
-
-    def __len__(self) -> int:
-        return len(self.points)
-
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        pts = self.points[i]
-        if self.augment and self.rotate:
-            pts = rotate_up(pts, self.up_axis, float(torch.rand(())) * 2 * math.pi)
-        if self.augment and self.jitter > 0:
-            pts = pts + (torch.randn_like(pts) * self.jitter).clamp(-self.jitter_clip, self.jitter_clip)
-        return pts, self.labels[i]

@@ -197,23 +197,6 @@ class PointCapsNet(nn.Module):
         return torch.arange(self.decoder.num_caps * self.decoder.m) % self.decoder.num_caps
 
 
-def part_spread(points: Tensor, num_caps: int) -> Tensor:
-    """How local each capsule's points are: RMS radius of a capsule's points over that of the whole cloud.
-
-    About 1 when every capsule's points are spread over the whole shape, towards 0
-    when each capsule decodes a compact part (the paper's part-aware behaviour).
-
-    Shapes:
-        points: [B, N_o * M, 3] with point k from capsule ``k % N_o``
-        returns: [B]
-    """
-    b = points.shape[0]
-    per_caps = points.view(b, -1, num_caps, 3)  # [B, M, N_o, 3]
-    caps_rms = (per_caps - per_caps.mean(1, keepdim=True)).pow(2).sum(-1).mean(1).sqrt().mean(1)  # [B]
-    cloud_rms = (points - points.mean(1, keepdim=True)).pow(2).sum(-1).mean(1).sqrt()
-    return caps_rms / cloud_rms.clamp_min(1e-12)
-
-
 def transform_params(primary_caps: int, primary_dim: int, latent_caps: int, latent_dim: int, shared: str, groups: int):
     """Parameters of the primary -> latent transform for a sharing option (no model built)."""
     n_w = {"none": primary_caps, "positions": groups, "inputs": 1}[shared]

@@ -5,15 +5,16 @@
   ``input_<k>_<class>.ply``;
 * ``reconstructions.png``: input vs part-coloured reconstruction, rendered offscreen by open3d
   where that works, else matplotlib 3D scatter (``extra["render"]`` says which; see render.py);
-* the SVM transfer accuracy and ``svm_confusion.png``;
 * parameter counts of the latent transform, shared and full.
+
+The SVM transfer accuracy is a test metric (``Task.evaluate_extra``, transfer.py); the runner's
+standard pictures draw ``svm_confusion.png`` from its ``svm_confusion_matrix``.
 
 Shapes: P points, N_o latent capsules.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +24,10 @@ import torch
 from torch import nn
 
 from capsule_kit.data import Splits
-from capsule_kit.plots import plot_confusion
 from capsule_kit_tasks.points.chamfer import chamfer_distance
-from capsule_kit_tasks.points.data import CloudDataset
 from capsule_kit_tasks.points.io import write_ply
 from capsule_kit_tasks.points.model import PointCapsNet, transform_params
 from capsule_kit_tasks.points.render import render_panels
-from capsule_kit_tasks.points.transfer import extract_latent, svm_transfer
 
 
 def capsule_colors(num_caps: int) -> np.ndarray:
@@ -102,32 +100,9 @@ def parameter_counts(task) -> dict[str, int]:
 
 def points_pictures(task, model: nn.Module, data: Splits, run_dir: Path, device: Any) -> dict[str, Any]:
     """Everything :meth:`PointsTask.pictures` returns (see the module docstring)."""
-    cfg, ps = task.cfg, task.point_set
+    ps = task.point_set
     extra: dict[str, Any] = {"data": ps.source, "synthetic": ps.synthetic, "classes": ps.classes}
     extra.update(parameter_counts(task))  # the runner reports this model's own count as "params"
     extra["files"], extra["render"] = write_reconstructions(task, model, data, run_dir, device)
-    if cfg.transfer.svm:
-        res = transfer(task, model, data, device)
-        title = f"SVM transfer {res['svm_accuracy']:.3f}" + (" (SYNTHETIC shapes)" if ps.synthetic else "")
-        plot_confusion(res["svm_confusion_matrix"], ps.classes, run_dir / "svm_confusion.png", title=title)
-        extra.update(res)
-        extra["files"].append("svm_confusion.png")
     extra["captions"] = CAPTIONS
-    if cfg.transfer.svm and cfg.transfer.random_init_baseline:
-        torch.manual_seed(cfg.trainer.seed)  # the seed the runner used before building the trained model
-        base = transfer(task, task.build_model().to(device), data, device)
-        extra["svm_accuracy_random_init"] = base["svm_accuracy"]
     return extra
-
-
-def transfer(task, model: nn.Module, data: Splits, device: Any) -> dict[str, Any]:
-    """SVM transfer results of ``model``'s frozen encoder (un-augmented training shapes, test shapes)."""
-    cfg, t0 = task.cfg, time.perf_counter()
-    bs = cfg.trainer.eval_batch_size or cfg.trainer.batch_size
-    train = extract_latent(task, model, CloudDataset(data.train.points, data.train.labels), device, bs)
-    test = extract_latent(task, model, data.test, device, bs)
-    t = cfg.transfer
-    res = svm_transfer(train, test, len(task.point_set.classes), c=t.C, standardize=t.standardize,
-                       max_iter=t.max_iter, solver=t.solver, seed=cfg.trainer.seed)  # fmt: skip
-    res["svm_total_s"] = round(time.perf_counter() - t0, 2)
-    return res

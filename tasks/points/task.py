@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from torch import Tensor, nn
 
 from capsule_kit.config import Recipe, Strict
@@ -20,9 +20,11 @@ from capsule_kit.routing import RoutingConfig, VectorRouting
 from capsule_kit.routing.config import ROUTING_MOVED
 from capsule_kit.splits import SplitConfig
 from capsule_kit.task import Task, register_task
+from capsule_kit_tasks.points.augment import CloudDataset
 from capsule_kit_tasks.points.chamfer import chamfer_distance
-from capsule_kit_tasks.points.data import SYNTHETIC, CloudDataset, PointSet, load_folder, load_synthetic
-from capsule_kit_tasks.points.model import PointCapsNet, part_spread
+from capsule_kit_tasks.points.data import SYNTHETIC, PointSet, load_folder, load_synthetic
+from capsule_kit_tasks.points.model import PointCapsNet
+from capsule_kit_tasks.points.parts import capsule_centroids, mean_square_radius, part_consistency, part_spread
 
 
 class DataConfig(DataSection):
@@ -47,11 +49,23 @@ class DataConfig(DataSection):
     rotate: bool = Field(False, description="Random rotation about the up axis of training clouds.")
     jitter: float = Field(0.0, ge=0, description="Std of Gaussian jitter added to training clouds (0 = off).")
     jitter_clip: float = Field(0.05, ge=0, description="Jitter is clipped to +-this.")
+    scale: tuple[float, float] | None = Field(
+        None,
+        description="Random per-axis scale of training clouds, uniform in [low, high] (e.g. [0.8, 1.0]; "
+        "the decoder's tanh keeps points in [-1, 1]); null = off.",
+    )
     classes: list[str] | None = Field(None, description="Keep only these classes.")
     cache: bool = Field(True, description="Cache the stacked clouds in the capsule-kit cache folder.")
     seed: int = Field(0, description="Seed of mesh sampling and the synthetic set (splits, limits: split.seed).")
     synthetic_train: int = Field(40, ge=1, description="Synthetic training shapes per class.")
     synthetic_test: int = Field(10, ge=1, description="Synthetic test shapes per class.")
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_range(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not 0 < v[0] <= v[1]:
+            raise ValueError(f"need 0 < low <= high, got {list(v)}")
+        return v
 
 
 class ModelConfig(Strict):
@@ -86,8 +100,13 @@ class TransferConfig(Strict):
     standardize: bool = Field(True, description="Standardise features (train statistics) before the SVM.")
     max_iter: int = Field(1000, ge=1, description="LinearSVC iterations (non-convergence is reported in the results).")
     solver: Literal["primal", "dual"] = Field("primal", description="liblinear solver (primal: shapes >~ features).")
+    features: Literal["poses", "lengths", "both"] = Field(
+        "poses", description="SVM features: flattened latent poses (N_o x D_o), capsule lengths (N_o), or both."
+    )
     random_init_baseline: bool = Field(
-        False, description="Also score an untrained encoder of the same recipe (svm_accuracy_random_init), a control."
+        False,
+        description="Also score the untrained model of the same recipe, a control: svm_accuracy_random_init, "
+        "svm_gain, chamfer/part_spread/part_consistency/part_drift _random_init.",
     )
 
 
@@ -157,7 +176,8 @@ class PointsTask(Task):
 
     def build_data(self, fold: Any = None) -> Splits:
         ps, d = self.load(), self.cfg.data
-        aug = {"up_axis": "xyz".index(d.up_axis), "rotate": d.rotate, "jitter": d.jitter, "jitter_clip": d.jitter_clip}
+        aug = {"up_axis": "xyz".index(d.up_axis), "rotate": d.rotate, "jitter": d.jitter, "jitter_clip": d.jitter_clip,
+               "scale": d.scale}  # fmt: skip
         train, test = ps.split == 0, ps.split == 1
         if not train.any() or not test.any():
             got = f"{int(train.sum())} train / {int(test.sum())} test"
@@ -198,15 +218,27 @@ class PointsTask(Task):
         cd = chamfer_distance(out.points.float(), points.float())  # [B]; reconstruction vs the full cloud
         gathered = {"chamfer": cd.detach(), "y": labels}
         if not train:
-            gathered["part_spread"] = part_spread(out.points.detach().float(), out.latent.shape[1])
+            decoded, n_o = out.points.detach().float(), out.latent.shape[1]
+            gathered.update(part_spread=part_spread(decoded, n_o), centroids=capsule_centroids(decoded, n_o),
+                            r2=mean_square_radius(decoded))  # fmt: skip
         return {"loss": cd.mean(), "n": len(points), "log": {"chamfer": cd.detach().mean()}, "out": gathered}
 
     def metrics(self, outputs: list[dict[str, Tensor]]) -> dict[str, Any]:
         cd = torch.cat([o["chamfer"] for o in outputs])
         kind = SYNTHETIC if self.point_set is not None and self.point_set.synthetic else "real shapes"
         spread = torch.cat([o["part_spread"] for o in outputs])
+        parts = part_consistency(*(torch.cat([o[k] for o in outputs]) for k in ("centroids", "r2", "y")))
         return {"chamfer": float(cd.mean()), "chamfer_median": float(cd.median()),
-                "part_spread": float(spread.mean()), "data_kind": kind}  # fmt: skip
+                "part_spread": float(spread.mean()), **parts, "data_kind": kind}  # fmt: skip
+
+    def evaluate_extra(self, model: nn.Module, data: Splits, device: Any) -> dict[str, Any]:
+        """SVM transfer accuracy and the untrained control (``transfer.*``; see transfer.py)."""
+        from capsule_kit_tasks.points.transfer import transfer_metrics
+
+        return transfer_metrics(self, model, data, device)
+
+    def label_names(self) -> list[str] | None:
+        return None if self.point_set is None else list(self.point_set.classes)
 
     def pictures(
         self, model: nn.Module, data: Splits, run_dir: Path, device: Any, outputs: list[dict[str, Tensor]]

@@ -1,8 +1,10 @@
 """Transfer classification (FoldingNet / 3D-PointCapsNet protocol): frozen encoder -> linear SVM.
 
-The autoencoder is trained without labels; its latent capsules, flattened, are
-the features of a scikit-learn ``LinearSVC`` fitted on the training shapes and
-scored on the test shapes.
+The autoencoder is trained without labels; its latent capsules (``transfer.features``: the
+flattened poses, their lengths, or both) are the features of a scikit-learn ``LinearSVC``
+fitted on the training shapes and scored on the test shapes. :func:`transfer_metrics` is the
+points task's :meth:`~capsule_kit.task.Task.evaluate_extra`: the probe of the tested model and,
+with ``transfer.random_init_baseline``, the same probe and part metrics of the untrained model.
 
 Shapes: S shapes, N_o latent capsules, D_o latent dim.
 """
@@ -18,8 +20,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from capsule_kit.data import Splits
 from capsule_kit.errors import UserError
 from capsule_kit.metrics import classification_metrics
+from capsule_kit_tasks.points.augment import CloudDataset
+
+FEATURE_DIMS = {"poses": lambda n, d: n * d, "lengths": lambda n, d: n, "both": lambda n, d: n * (d + 1)}
 
 
 def require_sklearn():
@@ -31,19 +37,34 @@ def require_sklearn():
     return svm
 
 
+def latent_features(latent: torch.Tensor, features: str = "poses") -> torch.Tensor:
+    """SVM features of latent capsules: flattened poses, capsule lengths, or both (poses then lengths).
+
+    Shapes:
+        latent: [S, N_o, D_o]
+        returns: [S, N_o * D_o] (poses), [S, N_o] (lengths) or [S, N_o * (D_o + 1)] (both)
+    """
+    if features not in FEATURE_DIMS:
+        raise ValueError(f"features must be one of {sorted(FEATURE_DIMS)}, got '{features}'")
+    poses, lengths = latent.flatten(1), latent.norm(dim=-1)
+    return {"poses": poses, "lengths": lengths, "both": torch.cat([poses, lengths], 1)}[features]
+
+
 @torch.no_grad()
-def extract_latent(task, model: nn.Module, dataset: Dataset, device: Any, batch_size: int) -> tuple[np.ndarray, ...]:
-    """Flattened latent capsules and labels of a data set (eval mode, no augmentation).
+def extract_latent(
+    task, model: nn.Module, dataset: Dataset, device: Any, batch_size: int, features: str = "poses"
+) -> tuple[np.ndarray, ...]:
+    """SVM features (:func:`latent_features`) and labels of a data set (eval mode, no augmentation).
 
     Returns:
-        (features [S, N_o * D_o] float32, labels [S] int64)
+        (features [S, F] float32, labels [S] int64)
 
     """
     model.eval()
     feats, labels = [], []
     for points, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         latent, _ = model.encode(task.encoder_input(points.to(device), train=False))
-        feats.append(latent.flatten(1).float().cpu())
+        feats.append(latent_features(latent.float(), features).cpu())
         labels.append(y)
     return torch.cat(feats).numpy(), torch.cat(labels).numpy()
 
@@ -89,3 +110,44 @@ def svm_transfer(
         "svm_fit_s": round(time.perf_counter() - t0, 2),
         "svm_converged": converged,
     }
+
+
+def probe(task, model: nn.Module, data: Splits, device: Any) -> dict[str, Any]:
+    """SVM transfer results of ``model``'s frozen encoder (un-augmented training shapes, test shapes)."""
+    cfg, t0 = task.cfg, time.perf_counter()
+    bs, t = cfg.trainer.eval_batch_size or cfg.trainer.batch_size, cfg.transfer
+    train = extract_latent(task, model, CloudDataset(data.train.points, data.train.labels), device, bs, t.features)
+    test = extract_latent(task, model, data.test, device, bs, t.features)
+    res = svm_transfer(train, test, len(task.point_set.classes), c=t.C, standardize=t.standardize,
+                       max_iter=t.max_iter, solver=t.solver, seed=cfg.trainer.seed)  # fmt: skip
+    res["svm_total_s"] = round(time.perf_counter() - t0, 2)
+    return res
+
+
+@torch.no_grad()
+def eval_pass(task, model: nn.Module, dataset: Dataset, device: Any) -> dict[str, Any]:
+    """``task.metrics`` of one pass over ``dataset`` (Chamfer and part metrics of any model, e.g. untrained)."""
+    model.eval()
+    bs = task.cfg.trainer.eval_batch_size or task.cfg.trainer.batch_size
+    outs = [task.step(model, (p.to(device), y), train=False)["out"] for p, y in DataLoader(dataset, batch_size=bs)]
+    return task.metrics([{k: v.cpu() for k, v in o.items()} for o in outs])
+
+
+CONTROL = ("chamfer", "part_spread", "part_consistency", "part_drift")
+
+
+def transfer_metrics(task, model: nn.Module, data: Splits, device: Any) -> dict[str, Any]:
+    """The points task's extra test metrics: the SVM probe, and the untrained control (see module doc)."""
+    t, out = task.cfg.transfer, {}
+    if t.svm:
+        out.update(probe(task, model, data, device))
+    if t.random_init_baseline:
+        with torch.random.fork_rng(devices=[]):  # the global RNG stream stays as training left it
+            torch.manual_seed(task.cfg.trainer.seed)  # the runner's seed before it built the trained model
+            control = task.build_model().to(device)
+        if t.svm:
+            out["svm_accuracy_random_init"] = probe(task, control, data, device)["svm_accuracy"]
+            out["svm_gain"] = out["svm_accuracy"] - out["svm_accuracy_random_init"]
+        m = eval_pass(task, control, data.test, device)
+        out.update({f"{k}_random_init": m[k] for k in CONTROL if k in m})
+    return out
