@@ -65,6 +65,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 from references import D_I, D_O, N_I, N_O, EinsumDenseCaps, SeedDenseCaps  # noqa: E402
+from stats import fmt, pair_ratios  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
@@ -189,12 +190,6 @@ def measure(batch: int, args: argparse.Namespace) -> dict:
     }
 
 
-def pair_ratios(times: dict[str, list], num: str, den: str) -> tuple[float, float, float]:
-    """Median, min and max over repeats of ``times[num][k] / times[den][k]`` (same round k)."""
-    ratios = [a / b for a, b in zip(times[num], times[den])]
-    return statistics.median(ratios), min(ratios), max(ratios)
-
-
 def report(r: dict, dtype: str, targets: bool) -> list[str]:
     """Print one batch size's details; return its ratio lines."""
     med = {k: statistics.median(v) for k, v in r["times"].items()}
@@ -228,11 +223,6 @@ def report(r: dict, dtype: str, targets: bool) -> list[str]:
             + (" (target <= 2x)" if targets else "")
         )
     return lines
-
-
-def fmt(ratio: tuple[float, float, float]) -> str:
-    """``12.3x [11.0-13.1]``: median and spread of per-round ratios."""
-    return f"{ratio[0]:.1f}x [{ratio[1]:.1f}-{ratio[2]:.1f}]"
 
 
 def profile_ours(args: argparse.Namespace, steps: int = 5) -> None:

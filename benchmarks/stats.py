@@ -14,6 +14,17 @@ def spread(pairs: list[tuple[float, float]]) -> str:
     return f"{statistics.median(r):.2f}x [{min(r):.2f}-{max(r):.2f}]"
 
 
+def pair_ratios(times: dict[str, list], num: str, den: str) -> tuple[float, float, float]:
+    """Median, min and max over repeats of ``times[num][k] / times[den][k]`` (same round k)."""
+    ratios = [a / b for a, b in zip(times[num], times[den])]
+    return statistics.median(ratios), min(ratios), max(ratios)
+
+
+def fmt(ratio: tuple[float, float, float]) -> str:
+    """``12.3x [11.0-13.1]``: median and spread of per-round ratios."""
+    return f"{ratio[0]:.1f}x [{ratio[1]:.1f}-{ratio[2]:.1f}]"
+
+
 def profile_step(step, x: Tensor, y: Tensor, top: int = 12) -> list[str]:
     """Self CPU time per op of two training steps: where the step goes beyond the convolutions."""
     with profile(activities=[ProfilerActivity.CPU]) as prof:
