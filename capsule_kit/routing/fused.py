@@ -20,44 +20,23 @@ the eager loop runs instead. The fused backward is not itself differentiable
 
 from __future__ import annotations
 
-import hashlib
-import platform
-import warnings
 from functools import cache
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from capsule_kit.kernels import build_cpp
+
 SOURCE = Path(__file__).with_name("fused_kernel.cpp")
-
-
-def cpu_tag() -> str:
-    """Short hash of this CPU's feature flags: a kernel built with -march=native is reused only on the same CPU."""
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        flags = platform.processor() or platform.machine()
-    return hashlib.sha1(flags.encode()).hexdigest()[:8]
 
 
 @cache
 def kernel():
     """The compiled extension module, or None (with one warning) when it cannot be built here."""
-    from torch.utils.cpp_extension import load_inline
-
-    try:
-        return load_inline(
-            name=f"capsule_kit_fused_routing_{cpu_tag()}",
-            cpp_sources=[SOURCE.read_text()],
-            functions=["route_forward", "route_backward"],
-            extra_cflags=["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp-simd"],
-            verbose=False,
-        )
-    except Exception as exc:  # noqa: BLE001 - no compiler / headers: the eager path is always correct
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        warnings.warn(f"fused routing unavailable ({type(exc).__name__}: {first}); using the eager loop", stacklevel=2)
-        return None
+    flags = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp-simd"]
+    return build_cpp("capsule_kit_fused_routing", SOURCE, ["route_forward", "route_backward"], flags,
+                     "fused routing", "the eager loop")  # fmt: skip
 
 
 def applies(votes: Tensor, activations: Tensor | None) -> bool:

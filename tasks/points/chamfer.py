@@ -22,14 +22,13 @@ Shapes: B batch, P / Q points in the two clouds.
 
 from __future__ import annotations
 
-import warnings
 from functools import cache
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from capsule_kit.routing.fused import cpu_tag
+from capsule_kit.kernels import build_cpp
 
 DEFAULT_MAX_BYTES = 64 * 2**20
 SOURCE = Path(__file__).with_name("nn_kernel.cpp")
@@ -38,21 +37,8 @@ SOURCE = Path(__file__).with_name("nn_kernel.cpp")
 @cache
 def kernel():
     """The compiled nearest-neighbour extension, or None (with one warning) when it cannot be built here."""
-    from torch.utils.cpp_extension import load_inline
-
-    try:
-        return load_inline(
-            name=f"capsule_kit_points_nn_{cpu_tag()}",
-            cpp_sources=[SOURCE.read_text()],
-            functions=["nearest"],
-            extra_cflags=["-O3", "-march=native", "-ffp-contract=off"],  # no FMA: torch's rounding
-            verbose=False,
-        )
-    except Exception as exc:  # noqa: BLE001 - no compiler / headers: the torch path is always correct
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        warnings.warn(f"points nearest-neighbour kernel unavailable ({type(exc).__name__}: {first}); using torch",
-                      stacklevel=2)  # fmt: skip
-        return None
+    flags = ["-O3", "-march=native", "-ffp-contract=off"]  # no FMA: torch's rounding
+    return build_cpp("capsule_kit_points_nn", SOURCE, ["nearest"], flags, "points nearest-neighbour kernel", "torch")
 
 
 def squared_distances(x: Tensor, y: Tensor) -> Tensor:
