@@ -128,7 +128,7 @@ def test_baseline_two_steps_through_the_cli(tmp_path, cache_env):
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = results(only_run_dir(tmp_path / "runs"))
     assert res["steps"] == 4 and len(res["folds"]) == 2 and res["params"] == (3 * 64 + 64) + (64 * 2 + 2)
-    assert sum(map(sum, res["confusion_all_folds"])) == 30  # every graph tested once, as for CapsGNN
+    assert sum(sum(map(sum, f["confusion_matrix"])) for f in res["folds"]) == 30  # every graph tested once
 
 
 def test_baseline_and_capsgnn_get_the_same_folds(tmp_path, cache_env):

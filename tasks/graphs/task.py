@@ -1,8 +1,8 @@
 """Graph classification with CapsGNN (or the baseline, ``model.name``) on TU benchmarks (any TU-format set).
 
 Protocol: stratified 10-fold cross validation (``split.folds``); the runner trains
-one fresh model per fold and reports mean/std of the test metrics;
-:meth:`GraphTask.summarize_folds` plots the per-fold accuracies. The recipes hold
+one fresh model per fold and reports mean/std of the test metrics, and draws the
+per-fold accuracies and the summed confusion matrix. The recipes hold
 out a stratified inner validation split of each training fold
 (``split.val_fraction``) and test the weights of the epoch best on it
 (``trainer.test_weights: best``): the test fold is evaluated once, at the end.
@@ -221,21 +221,3 @@ class GraphTask(Task):
 
     def label_names(self) -> list[str] | None:
         return None if self._set is None else [str(i) for i in range(self._set.num_classes)]
-
-    def summarize_folds(self, fold_results: list[dict], run_dir: Path) -> dict[str, Any]:
-        """Box plot + per-fold bars of the test accuracy; returns the per-fold accuracies."""
-        from capsule_kit.plots import plot_folds
-
-        accs = [float(r.get("accuracy", r.get("test_accuracy", float("nan")))) for r in fold_results]
-        title = f"{self.cfg.model.name} on {self.cfg.data.name}"
-        path = plot_folds(accs, Path(run_dir) / "cv_accuracy.png", title=title)
-        out = {"cv_plot": path.name, "fold_accuracy": accs}
-        cms = [torch.tensor(r["confusion_matrix"]) for r in fold_results if r.get("confusion_matrix")]
-        if cms and all(cm.shape == cms[0].shape for cm in cms):  # every graph is in exactly one test fold
-            from capsule_kit.plots import plot_confusion
-
-            total = sum(cms).tolist()
-            plot_confusion(total, [str(i) for i in range(len(total))], Path(run_dir) / "confusion_all_folds.png",
-                           title=f"{self.cfg.data.name}: all test folds")  # fmt: skip
-            out["confusion_all_folds"] = total
-        return out
