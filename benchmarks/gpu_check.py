@@ -129,6 +129,7 @@ def check_resume(work: Path, dry: bool) -> dict:
         "trainer.batch_size=32",
         "trainer.progress=false",
         "trainer.eval_max_steps=1",
+        "trainer.schedule=exponential",  # more epochs on resume: a cosine's horizon would move
     ]
     tiny += ["trainer.device=cpu"] if dry else []
     recipe = str(REPO / "recipes" / "mnist.yaml")
