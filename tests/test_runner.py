@@ -138,8 +138,8 @@ def test_resume_after_epoch_equals_uninterrupted(tmp_path):
     assert results(part)["steps"] == results(full)["steps"] == 6
 
 
-def test_signal_mid_epoch_saves_and_resumes_exactly(tmp_path, monkeypatch):
-    full = train_tiny(tmp_path / "a", "trainer.epochs=2")
+def sigint_at_train_step(monkeypatch, n: int):
+    """Fault injection: SIGINT during the ``n``-th training step of the digits task; returns the real ``step``."""
     from capsule_kit_tasks.digits.task import DigitsTask
 
     original, calls = DigitsTask.step, {"n": 0}
@@ -147,11 +147,19 @@ def test_signal_mid_epoch_saves_and_resumes_exactly(tmp_path, monkeypatch):
     def step(self, model, batch, *, train):
         if train:
             calls["n"] += 1
-            if calls["n"] == 4:  # second batch of epoch 2
+            if calls["n"] == n:
                 signal.raise_signal(signal.SIGINT)
         return original(self, model, batch, train=train)
 
     monkeypatch.setattr(DigitsTask, "step", step)
+    return original
+
+
+def test_signal_mid_epoch_saves_and_resumes_exactly(tmp_path, monkeypatch):
+    from capsule_kit_tasks.digits.task import DigitsTask
+
+    full = train_tiny(tmp_path / "a", "trainer.epochs=2")
+    original = sigint_at_train_step(monkeypatch, 4)  # second batch of epoch 2
     out = tmp_path / "b" / "runs"
     assert run.main([str(REPO / "recipes" / "mnist.yaml"), *TINY, f"output_dir={out}", "trainer.epochs=2"]) == 130
     part = only_run_dir(out)

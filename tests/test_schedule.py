@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ from capsule_kit import run
 from capsule_kit.config import TrainerConfig
 from capsule_kit.schedule import Schedule, lr_factor
 from tests.helpers import REPO, TINY_MNIST, only_run_dir
-from tests.test_runner import assert_same, train_tiny, weights
+from tests.test_runner import assert_same, sigint_at_train_step, train_tiny, weights
 
 
 def test_exponential_is_per_epoch_decay():
@@ -71,19 +70,10 @@ def test_logged_rates_follow_the_cosine(tmp_path):
 def test_cosine_resume_mid_epoch_equals_uninterrupted(tmp_path, monkeypatch):
     """Stopped by a signal in epoch 2 and resumed: the same weights as one uninterrupted run."""
     extra = ("trainer.epochs=2", "trainer.schedule=cosine", "trainer.warmup_steps=2")
-    full = train_tiny(tmp_path / "a", *extra)
     from capsule_kit_tasks.digits.task import DigitsTask
 
-    original, calls = DigitsTask.step, {"n": 0}
-
-    def step(self, model, batch, *, train):
-        if train:
-            calls["n"] += 1
-            if calls["n"] == 5:
-                signal.raise_signal(signal.SIGINT)
-        return original(self, model, batch, train=train)
-
-    monkeypatch.setattr(DigitsTask, "step", step)
+    full = train_tiny(tmp_path / "a", *extra)
+    original = sigint_at_train_step(monkeypatch, 5)  # inside epoch 2 (3 steps per epoch)
     out = tmp_path / "b" / "runs"
     assert run.main([str(REPO / "recipes" / "mnist.yaml"), *TINY_MNIST, f"output_dir={out}", *extra]) == 130
     monkeypatch.setattr(DigitsTask, "step", original)
