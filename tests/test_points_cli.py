@@ -39,6 +39,7 @@ def test_tiny_recipe_trains_two_steps_and_reports_svm(tmp_path):
     assert 0.0 <= test["svm_accuracy"] <= 1.0 and test["svm_test_shapes"] == test["svm_train_shapes"] - 10
     assert 0.0 <= test["svm_accuracy_random_init"] <= 1.0 and test["svm_converged"] in (True, False)
     assert test["svm_gain"] == test["svm_accuracy"] - test["svm_accuracy_random_init"]
+    assert test["svm_C"] == test["svm_C_random_init"] == 1.0 and "svm_cv" not in test  # one C: no cross validation
     for key in ("part_consistency", "part_drift", "chamfer", "part_spread"):  # trained and untrained
         assert isinstance(test[key], float) and isinstance(test[f"{key}_random_init"], float), key
     assert extra["latent_transform_params"] == 8 * 16 * 16  # shared=inputs: one 8x(16*16) transform
@@ -57,13 +58,26 @@ def test_tiny_recipe_trains_two_steps_and_reports_svm(tmp_path):
     assert rgb.shape == (256, 3) and (rgb == palette[np.arange(256) % 16]).all()  # colour = latent capsule
 
 
+def test_c_grid_is_chosen_by_cross_validation_and_refused_before_training_when_it_cannot_be(tmp_path):
+    common = (TINY, "trainer.max_steps=1", "trainer.eval_max_steps=1", "transfer.C=[0.1,1.0]")
+    proc = run_cli(*common, "data.layout=synthetic", "transfer.cv_folds=2", "transfer.random_init_baseline=true",
+                   f"output_dir={tmp_path / 'runs'}")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    test = results(only_run_dir(tmp_path / "runs"))["test"]
+    assert set(test["svm_cv"]) == {"0.1", "1.0"} and test["svm_cv_accuracy"] == test["svm_cv"][str(test["svm_C"])]
+    assert test["svm_C_random_init"] in (0.1, 1.0)  # the control's C is chosen the same way
+    proc = run_cli(*common, f"output_dir={tmp_path / 'refused'}")  # ModelNet10's 30 shapes: a class has < 3
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: transfer.cv_folds: 3")
+    assert not list((tmp_path / "refused").rglob("*.pt"))  # refused before the first step
+
+
 def test_paper_recipe_trains_two_steps_at_the_papers_sizes(tmp_path, cache_env):
     if not data_path("points", "ModelNet10_pcd1024").is_dir():
         pytest.skip("no ModelNet10 under the data root")
     res = run.train_recipe(
         PAPER, "trainer.max_steps=2", "trainer.eval_max_steps=1", "trainer.batch_size=2", "trainer.eval_batch_size=4",
         "trainer.device=cpu", "trainer.progress=false", "data.train_limit=10", "data.test_limit=10",
-        "pictures.shapes=1", f"output_dir={tmp_path}",
+        "pictures.shapes=1", "transfer.C=1.0", f"output_dir={tmp_path}",
     )  # fmt: skip
     cfg = yaml.safe_load((Path(res["run_dir"]) / "recipe.yaml").read_text())
     assert cfg["data"]["num_points"] == 1024 and cfg["data"]["input_points"] is None  # all 1,024 points in

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,7 +10,7 @@ from capsule_kit import run
 from capsule_kit.errors import ConfigError
 from capsule_kit_tasks.points.augment import CloudDataset, augment
 from capsule_kit_tasks.points.parts import capsule_centroids, part_consistency
-from capsule_kit_tasks.points.transfer import latent_features
+from capsule_kit_tasks.points.transfer import check_cv_folds, latent_features
 from tests.helpers import REPO
 
 OPTIONS = {"rotate": True, "jitter": 0.01, "jitter_clip": 0.02, "scale": (0.8, 1.0)}
@@ -54,6 +55,20 @@ def test_scale_range_is_validated():
         run.load_recipe(REPO / "recipes" / "points_ae.yaml", ["data.scale=[1.0, 0.8]"])
     with pytest.raises(ConfigError, match="transfer.features"):
         run.load_recipe(REPO / "recipes" / "points_ae.yaml", ["transfer.features=norms"])
+
+
+@pytest.mark.parametrize("value", ["[]", "[0.1, -1]", "0", "[0.1, x]"])
+def test_svm_c_grid_is_validated(value):
+    assert run.load_recipe(REPO / "recipes" / "points_ae.yaml", ["transfer.C=[0.01, 0.1]"])[0].transfer.C == [0.01, 0.1]
+    with pytest.raises(ConfigError, match="transfer.C"):
+        run.load_recipe(REPO / "recipes" / "points_ae.yaml", [f"transfer.C={value}"])
+
+
+def test_c_grid_needs_enough_shapes_per_class_before_training():
+    labels = np.array([0, 0, 0, 1, 1, 1, 2, 2])
+    check_cv_folds(labels, [0.1, 1.0], 2) or check_cv_folds(labels, 1.0, 3)  # enough / one C: no folds
+    with pytest.raises(ConfigError, match=r"^transfer.cv_folds: 3 stratified folds .* only 2 training shapes"):
+        check_cv_folds(labels, [0.1, 1.0], 3)
 
 
 @pytest.mark.parametrize("features, width", [("poses", 5 * 4), ("lengths", 5), ("both", 5 * 4 + 5)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
@@ -9,7 +10,7 @@ from torch.nn import functional as F
 from capsule_kit.functional import squash
 from capsule_kit_tasks.points.model import CapsDecoder, PointCapsNet, PrimaryPointCaps, transform_params
 from capsule_kit_tasks.points.parts import part_spread
-from capsule_kit_tasks.points.transfer import svm_transfer
+from capsule_kit_tasks.points.transfer import select_c, svm_transfer
 
 TINY = dict(primary_caps=32, primary_dim=4, latent_caps=8, latent_dim=6, out_points=64, feature_channels=(8, 16))
 
@@ -95,6 +96,31 @@ def test_svm_transfer_on_separable_features():
     assert res["svm_confusion_matrix"] == [[10, 0, 0], [0, 10, 0], [0, 0, 10]]
     shuffled = svm_transfer((x_tr, y_tr.numpy()[torch.randperm(60, generator=g)]), (x_te, y_te.numpy()), 3)
     assert shuffled["svm_accuracy"] < 0.8  # labels unrelated to features: no free accuracy
+
+
+def blobs(n: int, noise: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 3
+    return (torch.randn(3, 20, generator=g)[y] * 2 + noise * torch.randn(n, 20, generator=g)).numpy(), y.numpy()
+
+
+def test_select_c_matches_a_per_fold_loop_and_never_sees_test_shapes():
+    from sklearn.model_selection import StratifiedKFold
+
+    x, y = blobs(90, noise=3.0)
+    cs = [0.001, 0.1, 10.0]
+    chosen, means = select_c((x, y), cs, 3, folds=3, seed=5, jobs=2)
+    splits = list(StratifiedKFold(3, shuffle=True, random_state=5).split(x, y))
+    ref = {c: np.mean([svm_transfer((x[a], y[a]), (x[b], y[b]), 3, c=c, seed=5)["svm_accuracy"] for a, b in splits])
+           for c in cs}  # fmt: skip
+    assert means == pytest.approx(ref, abs=1e-12) and chosen == max(cs, key=lambda c: (ref[c], -c))
+    assert len(set(means.values())) > 1  # the grid is not flat here: the choice means something
+
+
+def test_select_c_ties_go_to_the_smaller_c():
+    x, y = blobs(60, noise=0.1)  # separable: every C scores 1.0
+    chosen, means = select_c((x, y), [10.0, 0.5, 2.0], 3)
+    assert set(means.values()) == {1.0} and chosen == 0.5
 
 
 def test_part_spread_hand_values_follow_the_capsule_layout():

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PositiveFloat, field_validator, model_validator
 from torch import Tensor, nn
 
 from capsule_kit.config import Recipe, Strict
@@ -25,6 +25,7 @@ from capsule_kit_tasks.points.chamfer import chamfer_distance
 from capsule_kit_tasks.points.data import SYNTHETIC, PointSet, load_folder, load_synthetic
 from capsule_kit_tasks.points.model import PointCapsNet
 from capsule_kit_tasks.points.parts import capsule_centroids, mean_square_radius, part_consistency, part_spread
+from capsule_kit_tasks.points.transfer import check_cv_folds, transfer_metrics
 
 
 class DataConfig(DataSection):
@@ -96,7 +97,12 @@ class TransferConfig(Strict):
     """Transfer classification: frozen latent capsules -> linear SVM (FoldingNet protocol)."""
 
     svm: bool = Field(True, description="Train a LinearSVC on the latent capsules after training.")
-    C: float = Field(1.0, gt=0, description="LinearSVC regularisation C.")
+    C: PositiveFloat | Annotated[list[PositiveFloat], Field(min_length=1)] = Field(
+        1.0,
+        description="LinearSVC regularisation C; a list: the C with the best cross-validated accuracy "
+        "on the training shapes (transfer.cv_folds stratified folds; the test shapes are not used).",
+    )
+    cv_folds: int = Field(3, ge=2, description="Stratified folds of the training shapes that choose C from a list.")
     standardize: bool = Field(True, description="Standardise features (train statistics) before the SVM.")
     max_iter: int = Field(1000, ge=1, description="LinearSVC iterations (non-convergence is reported in the results).")
     solver: Literal["primal", "dual"] = Field("primal", description="liblinear solver (primal: shapes >~ features).")
@@ -182,6 +188,8 @@ class PointsTask(Task):
         if not train.any() or not test.any():
             got = f"{int(train.sum())} train / {int(test.sum())} test"
             raise DataError(f"{ps.source}: need shapes in both splits, got {got}")
+        if self.cfg.transfer.svm:
+            check_cv_folds(ps.labels[train], self.cfg.transfer.C, self.cfg.transfer.cv_folds)
         return Splits(
             train=CloudDataset(ps.points[train], ps.labels[train], augment=True, **aug),
             test=CloudDataset(ps.points[test], ps.labels[test]),
@@ -233,8 +241,6 @@ class PointsTask(Task):
 
     def evaluate_extra(self, model: nn.Module, data: Splits, device: Any) -> dict[str, Any]:
         """SVM transfer accuracy and the untrained control (``transfer.*``; see transfer.py)."""
-        from capsule_kit_tasks.points.transfer import transfer_metrics
-
         return transfer_metrics(self, model, data, device)
 
     def label_names(self) -> list[str] | None:

@@ -2,7 +2,9 @@
 
 The autoencoder is trained without labels; its latent capsules (``transfer.features``: the
 flattened poses, their lengths, or both) are the features of a scikit-learn ``LinearSVC``
-fitted on the training shapes and scored on the test shapes. :func:`transfer_metrics` is the
+fitted on the training shapes and scored on the test shapes; with several ``transfer.C`` values, C is
+chosen by stratified k-fold cross validation on the training shapes alone (:func:`select_c`), so the
+test shapes are seen once, by the chosen SVM. :func:`transfer_metrics` is the
 points task's :meth:`~capsule_kit.task.Task.evaluate_extra`: the probe of the tested model and,
 with ``transfer.random_init_baseline``, the same probe and part metrics of the untrained model.
 
@@ -21,8 +23,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from capsule_kit.data import Splits
-from capsule_kit.errors import UserError
+from capsule_kit.errors import ConfigError, UserError
 from capsule_kit.metrics import classification_metrics
+from capsule_kit.splits import split_indices
 from capsule_kit_tasks.points.augment import CloudDataset
 
 FEATURE_DIMS = {"poses": lambda n, d: n * d, "lengths": lambda n, d: n, "both": lambda n, d: n * (d + 1)}
@@ -112,15 +115,68 @@ def svm_transfer(
     }
 
 
+def select_c(
+    train: tuple[np.ndarray, np.ndarray], cs: list[float], num_classes: int, *, folds: int = 3, seed: int = 0,
+    jobs: int = 1, **svm_kw: Any,
+) -> tuple[float, dict[float, float]]:  # fmt: skip
+    """The C of ``cs`` with the best mean accuracy over ``folds`` stratified folds of the training shapes.
+
+    Each fold's SVM is standardised with its own training part's statistics; ties go to the smaller C
+    (the simpler model). Fits run on ``jobs`` threads (liblinear releases the GIL).
+
+    Returns:
+        (chosen C, {C: mean cross-validated accuracy})
+
+    """
+    from joblib import Parallel, delayed
+
+    x, y = train
+    parts = [split_indices(y, folds=folds, fold=k, seed=seed) for k in range(folds)]
+
+    def score(c: float, part) -> float:
+        fold_test = (x[part.test], y[part.test])
+        return svm_transfer((x[part.train], y[part.train]), fold_test, num_classes, c=c, seed=seed, **svm_kw)[
+            "svm_accuracy"
+        ]
+
+    accs = Parallel(n_jobs=jobs, prefer="threads")(delayed(score)(c, part) for c in cs for part in parts)
+    means = {c: float(np.mean(accs[i * folds : (i + 1) * folds])) for i, c in enumerate(cs)}
+    return max(cs, key=lambda c: (means[c], -c)), means
+
+
+def check_cv_folds(labels: np.ndarray, cs: float | list[float], folds: int) -> None:
+    """Refuse a C grid whose cross validation cannot be cut from these training labels (before training).
+
+    Raises:
+        ConfigError: a class has fewer than ``folds`` training shapes.
+
+    """
+    counts = np.unique(np.asarray(labels), return_counts=True)[1]
+    if isinstance(cs, list) and len(cs) > 1 and counts.min() < folds:
+        raise ConfigError(
+            f"transfer.cv_folds: {folds} stratified folds choose transfer.C, but a class has only {counts.min()} "
+            "training shapes; lower transfer.cv_folds or give transfer.C one value"
+        )
+
+
 def probe(task, model: nn.Module, data: Splits, device: Any) -> dict[str, Any]:
-    """SVM transfer results of ``model``'s frozen encoder (un-augmented training shapes, test shapes)."""
+    """SVM transfer results of ``model``'s frozen encoder (un-augmented training shapes, test shapes).
+
+    Adds ``svm_C`` (the C used) and, when C was chosen by cross validation, ``svm_cv_accuracy`` (the chosen C's)
+    and ``svm_cv`` ({C: mean cross-validated accuracy}).
+    """
     cfg, t0 = task.cfg, time.perf_counter()
     bs, t = cfg.trainer.eval_batch_size or cfg.trainer.batch_size, cfg.transfer
     train = extract_latent(task, model, CloudDataset(data.train.points, data.train.labels), device, bs, t.features)
     test = extract_latent(task, model, data.test, device, bs, t.features)
-    res = svm_transfer(train, test, len(task.point_set.classes), c=t.C, standardize=t.standardize,
-                       max_iter=t.max_iter, solver=t.solver, seed=cfg.trainer.seed)  # fmt: skip
-    res["svm_total_s"] = round(time.perf_counter() - t0, 2)
+    kw = {"standardize": t.standardize, "max_iter": t.max_iter, "solver": t.solver, "seed": cfg.trainer.seed}
+    classes, cs, cv = len(task.point_set.classes), (t.C if isinstance(t.C, list) else [t.C]), {}
+    c = cs[0]
+    if len(cs) > 1:
+        c, means = select_c(train, cs, classes, folds=t.cv_folds, jobs=cfg.trainer.threads or 1, **kw)
+        cv = {"svm_cv_accuracy": means[c], "svm_cv": {str(k): v for k, v in means.items()}}
+    res = svm_transfer(train, test, classes, c=c, **kw)
+    res.update(svm_C=c, **cv, svm_total_s=round(time.perf_counter() - t0, 2))
     return res
 
 
@@ -146,7 +202,8 @@ def transfer_metrics(task, model: nn.Module, data: Splits, device: Any) -> dict[
             torch.manual_seed(task.cfg.trainer.seed)  # the runner's seed before it built the trained model
             control = task.build_model().to(device)
         if t.svm:
-            out["svm_accuracy_random_init"] = probe(task, control, data, device)["svm_accuracy"]
+            res = probe(task, control, data, device)  # the same probe, C chosen the same way
+            out.update(svm_accuracy_random_init=res["svm_accuracy"], svm_C_random_init=res["svm_C"])
             out["svm_gain"] = out["svm_accuracy"] - out["svm_accuracy_random_init"]
         m = eval_pass(task, control, data.test, device)
         out.update({f"{k}_random_init": m[k] for k in CONTROL if k in m})
