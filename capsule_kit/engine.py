@@ -77,7 +77,7 @@ class Trainer:
         extra_state: dict,
     ) -> None:
         self.task, self.model, self.opt, self.splits = task, model, optimizer, splits
-        self.cfg, self.device, self.info, self.run_dir, self.extra = cfg, device, info, run_dir, extra_state
+        self.cfg, self.device, self.info, self.extra = cfg, device, info, extra_state
         self.state = LoopState()
         self._refreshed = -1e9  # monotonic time of the last report refresh
         self.last_eval: tuple[int, dict] | None = None  # (step, metrics) of the latest evaluation pass
@@ -133,7 +133,7 @@ class Trainer:
                 weights: nothing is written, the previous checkpoint stays.
         """
         last = name == "last"  # every rank saves "last"; only rank 0 (after evaluating) "best"
-        check_finite(self.sums if last else None, self.model, self.state.step, self.run_dir, self.info.world)
+        check_finite(self.sums if last else None, self.model, self.state.step, self.run.path, self.info.world)
         rng = rng_states(self.info.world if last else 1)
         if self.info.main:
             payload = self.checkpoint_payload(rng)  # best.pt: weights only (the optimizer state is for resuming)
@@ -162,7 +162,7 @@ class Trainer:
                 if stop.signal is not None:
                     self.save("last")
                     if self.info.main:
-                        write_report(self.run_dir)  # the page shows where the interrupted run stands
+                        write_report(self.run.path)  # the page shows where the interrupted run stands
                     return False
                 if finished or self._max_steps_reached():
                     self.end_epoch(partial=not finished)
@@ -200,7 +200,7 @@ class Trainer:
             if stop.signal is not None or self._max_steps_reached():
                 break
         st.examples, st.train_time = st.examples + seen, st.train_time + time.perf_counter() - t0
-        check_finite(self.sums, None, st.step, self.run_dir, self.info.world)
+        check_finite(self.sums, None, st.step, self.run.path, self.info.world)
         per_epoch = loader_len(self.train_loader)
         done = st.batch_in_epoch >= per_epoch if per_epoch is not None else True
         return done and stop.signal is None
@@ -219,7 +219,7 @@ class Trainer:
     def log_train(self, rate: float) -> None:
         """The log_every line: means since the last one (the one host sync of these steps)."""
         st, values = self.state, self.sums.read()
-        check_finite(self.sums, None, st.step, self.run_dir, self.info.world)
+        check_finite(self.sums, None, st.step, self.run.path, self.info.world)
         row = {"kind": "train", "epoch": st.epoch + 1, "step": st.step, **values}
         self.log({**row, "lr": self.opt.param_groups[0]["lr"], "ex_per_s": rate})
         self.progress.show(st.step, st.epoch + 1, values, rate)
@@ -263,7 +263,7 @@ class Trainer:
         # Refresh the page so a long run can be watched, at most every 30 s (many short epochs).
         if self.info.main and (time.monotonic() - self._refreshed > 30 or st.epoch == self.cfg.epochs):
             plot_curves(self.metrics_file, self.run.curves)
-            write_report(self.run_dir)
+            write_report(self.run.path)
             self._refreshed = time.monotonic()
         prefix = f"{self.eval_split}_"
         shown = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith(prefix))

@@ -94,7 +94,7 @@ def run_facts(trainer: Any, total: int) -> dict[str, Any]:
         "max_steps": trainer.cfg.max_steps if per_epoch and trainer.cfg.max_steps and
         trainer.cfg.max_steps < per_epoch * trainer.cfg.epochs else None,
         "resumed_step": trainer.state.step,
-        "run_dir": str(trainer.run_dir),
+        "run_dir": str(trainer.run.path),
     }  # fmt: skip
 
 
