@@ -158,7 +158,7 @@ def check_tests(dry: bool) -> dict:
 
 def check_speed(work: Path, dry: bool) -> dict:
     """One MNIST epoch (dry run: 3 tiny steps)."""
-    extra = ["trainer.max_steps=3", *DRY["mnist"]] if dry else ["trainer.max_steps=600"]
+    extra = ["trainer.max_steps=3", *DRY["mnist"]] if dry else ["trainer.max_steps=600", "trainer.batch_size=100"]
     extra += ["trainer.progress=false", "trainer.eval_max_steps=1", "data.test_limit=100"]
     code, _ = quiet_main([str(REPO / "recipes" / "mnist.yaml"), *extra, f"output_dir={work / 'speed'}"])
     res = json.loads((next((work / "speed").iterdir()) / "results.json").read_text()) if code == 0 else {}
