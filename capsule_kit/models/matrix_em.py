@@ -29,6 +29,9 @@ class MatrixCapsNet(nn.Module):
         batch_norm: Batch normalisation after the first convolution (as public ports do; it
             speeds up EM's slow start).
         padding: Zero padding of the first convolution (0: 12x12 primary capsules on 28x28).
+        stem: Extra 3x3 convolutions (A channels, stride 1, padded, batch norm when
+            ``batch_norm``) after the first; they keep the primary-capsule grid, so they add
+            features without adding votes.
         routing: Routing of every capsule layer: a matrix routing (default: EM, 3 iterations).
 
     """
@@ -46,12 +49,14 @@ class MatrixCapsNet(nn.Module):
         d: int = 16,
         batch_norm: bool = False,
         padding: int = 2,
+        stem: int = 0,
         routing: RoutingConfig | str = "em",
     ) -> None:
         super().__init__()
         self.input_shape = tuple(input_shape)
         self.conv1 = nn.Conv2d(input_shape[0], a, 5, stride=2, padding=padding)
         self.norm = nn.BatchNorm2d(a) if batch_norm else nn.Identity()
+        self.stem = nn.Sequential(*(_conv_block(a, batch_norm) for _ in range(stem)))
         self.primary = PrimaryMatrixCaps(a, b)
         self.caps1 = ConvCaps(b, c, kernel_size=3, stride=2, routing=routing)
         self.caps2 = ConvCaps(c, d, kernel_size=3, stride=1, routing=routing)
@@ -59,11 +64,17 @@ class MatrixCapsNet(nn.Module):
 
     def forward(self, x: Tensor, y: Tensor | None = None) -> CapsOutput:
         """Shapes: x [B, C, H, W] -> activations [B, N_o], poses [B, N_o, 16], no reconstruction."""
-        poses, act = self.primary(self.norm(self.conv1(x)).relu())
+        poses, act = self.primary(self.stem(self.norm(self.conv1(x)).relu()))
         poses, act = self.caps1(poses, act)
         poses, act = self.caps2(poses, act)
         poses, act = self.classes(poses, act)
         return CapsOutput(act, poses, None)
+
+
+def _conv_block(channels: int, batch_norm: bool) -> nn.Sequential:
+    """3x3 convolution, stride 1, padded (the grid is kept), optional batch norm, ReLU."""
+    norm = nn.BatchNorm2d(channels) if batch_norm else nn.Identity()
+    return nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), norm, nn.ReLU())
 
 
 @MODELS.register("matrix_capsnet", aliases=("em_capsnet",))
