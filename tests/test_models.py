@@ -107,3 +107,18 @@ def forward_backward_on(device: str) -> None:
 @cuda
 def test_capsnet_forward_backward_on_cuda():
     forward_backward_on("cuda")
+
+
+def test_matrix_stem_adds_features_not_votes():
+    from capsule_kit.models.matrix_em import MatrixCapsNet
+
+    torch.manual_seed(0)
+    kwargs = dict(a=8, b=2, c=4, d=4, batch_norm=True, padding=0, routing="em")
+    plain, stemmed = MatrixCapsNet(**kwargs), MatrixCapsNet(**kwargs, stem=2)
+    per_block = 8 * 8 * 9 + 8 + 2 * 8  # 3x3 conv 8 -> 8 with bias, batch-norm weight and bias
+    assert n_params(stemmed) - n_params(plain) == 2 * per_block
+    x = torch.rand(2, 1, 28, 28)
+    grid = plain.norm(plain.conv1(x)).shape
+    assert stemmed.stem(stemmed.norm(stemmed.conv1(x)).relu()).shape == grid  # the primary grid is kept
+    out = stemmed(x)
+    assert out.lengths.shape == (2, 10) and torch.isfinite(out.lengths).all()

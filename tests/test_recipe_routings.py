@@ -29,6 +29,7 @@ SMALL = {  # recipe -> overrides keeping the recipe's model family and data, at 
     "mnist_efficient.yaml": DIGITS,
     "mnist_em.yaml": DIGITS,
     "mnist_em_small.yaml": DIGITS,
+    "mnist_em_cpu.yaml": DIGITS,
     "affine.yaml": DIGITS,
     "affine_cnn.yaml": DIGITS,
     "multimnist.yaml": DIGITS,

@@ -94,6 +94,16 @@ def matrix_capsnet_small(**kwargs) -> MatrixCapsNet:
     return MatrixCapsNet(**{"a": 32, "b": 8, "c": 8, "d": 8, "batch_norm": True, "padding": 0, **kwargs})
 
 
+@MODELS.register("matrix_capsnet_cpu")
+def matrix_capsnet_cpu(**kwargs) -> MatrixCapsNet:
+    """``matrix_capsnet_small`` with A=64 and two more 3x3 convolutions before the primary capsules.
+
+    The same 12x12 primary grid and the same votes (EM's cost), so nearly the same speed;
+    the stem gives the primary capsules richer features, which EM's slow start needs on a short schedule.
+    """
+    return MatrixCapsNet(**{"a": 64, "b": 8, "c": 8, "d": 8, "batch_norm": True, "padding": 0, "stem": 2, **kwargs})
+
+
 @MODELS.register("matrix_capsnet_tiny")
 def matrix_capsnet_tiny(**kwargs) -> MatrixCapsNet:
     """A tiny EM model for tests (A=8, B=2, C=D=4, 2 iterations)."""

@@ -24,7 +24,7 @@ class ModelConfig(Strict):
     name: Annotated[str, AfterValidator(MODELS.check)] = Field(
         "capsnet",
         description="Registered model: capsnet, capsnet_tiny, efficient_capsnet, "
-        "efficient_capsnet_tiny, matrix_capsnet, matrix_capsnet_small, matrix_capsnet_tiny, "
+        "efficient_capsnet_tiny, matrix_capsnet, matrix_capsnet_small, matrix_capsnet_cpu, matrix_capsnet_tiny, "
         "cnn_baseline (a plain CNN for comparison), cnn_baseline_tiny.",
     )
     routing: RoutingConfig = Field(
