@@ -61,11 +61,15 @@ def test_tiny_recipe_trains_two_steps_and_reports_svm(tmp_path):
 def test_c_grid_is_chosen_by_cross_validation_and_refused_before_training_when_it_cannot_be(tmp_path):
     common = (TINY, "trainer.max_steps=1", "trainer.eval_max_steps=1", "transfer.C=[0.1,1.0]")
     proc = run_cli(*common, "data.layout=synthetic", "transfer.cv_folds=2", "transfer.random_init_baseline=true",
-                   f"output_dir={tmp_path / 'runs'}")  # fmt: skip
+                   "transfer.features=[poses,lengths]", f"output_dir={tmp_path / 'runs'}")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     test = results(only_run_dir(tmp_path / "runs"))["test"]
-    assert set(test["svm_cv"]) == {"0.1", "1.0"} and test["svm_cv_accuracy"] == test["svm_cv"][str(test["svm_C"])]
-    assert test["svm_C_random_init"] in (0.1, 1.0)  # the control's C is chosen the same way
+    assert set(test["svm_cv"]) == {"poses", "lengths"} and set(test["svm_cv"]["lengths"]) == {"0.1", "1.0"}
+    assert test["svm_cv_accuracy"] == test["svm_cv"][test["svm_features"]][str(test["svm_C"])]
+    assert test["svm_cv_accuracy"] == max(a for grid in test["svm_cv"].values() for a in grid.values())
+    assert test["svm_feature_dim"] == {"poses": 16 * 16, "lengths": 16}[test["svm_features"]]
+    assert test["svm_C_random_init"] in (0.1, 1.0)  # the control's pair is chosen the same way
+    assert test["svm_features_random_init"] in ("poses", "lengths")
     proc = run_cli(*common, f"output_dir={tmp_path / 'refused'}")  # ModelNet10's 30 shapes: a class has < 3
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: transfer.cv_folds: 3")
     assert not list((tmp_path / "refused").rglob("*.pt"))  # refused before the first step

@@ -10,7 +10,7 @@ from torch.nn import functional as F
 from capsule_kit.functional import squash
 from capsule_kit_tasks.points.model import CapsDecoder, PointCapsNet, PrimaryPointCaps, transform_params
 from capsule_kit_tasks.points.parts import part_spread
-from capsule_kit_tasks.points.transfer import select_c, svm_transfer
+from capsule_kit_tasks.points.transfer import choose, latent_features, select_c, svm_transfer
 
 TINY = dict(primary_caps=32, primary_dim=4, latent_caps=8, latent_dim=6, out_points=64, feature_channels=(8, 16))
 
@@ -121,6 +121,24 @@ def test_select_c_ties_go_to_the_smaller_c():
     x, y = blobs(60, noise=0.1)  # separable: every C scores 1.0
     chosen, means = select_c((x, y), [10.0, 0.5, 2.0], 3)
     assert set(means.values()) == {1.0} and chosen == 0.5
+
+
+def test_choose_picks_the_best_feature_set_and_c_by_cross_validation():
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(90) % 3
+    # class lives in the capsule lengths only; the pose directions are noise
+    direction = torch.nn.functional.normalize(torch.randn(90, 6, 4, generator=g), dim=-1)
+    latent = direction * (1.0 + y.view(-1, 1, 1) + 0.05 * torch.randn(90, 6, 1, generator=g))
+    cs = [0.01, 1.0]
+    name, c, cv = choose((latent, y.numpy()), ["poses", "lengths"], cs, 3, folds=3, seed=1)
+    for feats in ("poses", "lengths"):
+        _, means = select_c((latent_features(latent, feats).numpy(), y.numpy()), cs, 3, folds=3, seed=1)
+        assert cv[feats] == {str(k): v for k, v in means.items()}
+    assert name == "lengths" and cv["lengths"][str(c)] == max(cv["lengths"].values()) > max(cv["poses"].values())
+    easy = torch.ones(90, 6, 4) * (1.0 + y.view(-1, 1, 1)) + 0.01 * torch.randn(90, 6, 4, generator=g)
+    for order in (["lengths", "both"], ["both", "lengths"]):  # every pair scores 1.0: the first listed wins
+        name, c, cv = choose((easy, y.numpy()), order, [0.5, 2.0], 3, folds=3)
+        assert {a for grid in cv.values() for a in grid.values()} == {1.0} and (name, c) == (order[0], 0.5)
 
 
 def test_part_spread_hand_values_follow_the_capsule_layout():

@@ -93,6 +93,9 @@ class ModelConfig(Strict):
     )
 
 
+FeatureSet = Literal["poses", "lengths", "both"]
+
+
 class TransferConfig(Strict):
     """Transfer classification: frozen latent capsules -> linear SVM (FoldingNet protocol)."""
 
@@ -106,8 +109,10 @@ class TransferConfig(Strict):
     standardize: bool = Field(True, description="Standardise features (train statistics) before the SVM.")
     max_iter: int = Field(1000, ge=1, description="LinearSVC iterations (non-convergence is reported in the results).")
     solver: Literal["primal", "dual"] = Field("primal", description="liblinear solver (primal: shapes >~ features).")
-    features: Literal["poses", "lengths", "both"] = Field(
-        "poses", description="SVM features: flattened latent poses (N_o x D_o), capsule lengths (N_o), or both."
+    features: FeatureSet | Annotated[list[FeatureSet], Field(min_length=1)] = Field(
+        "poses",
+        description="SVM features: flattened latent poses (N_o x D_o), capsule lengths (N_o), or both; a list: "
+        "chosen with C by the same cross validation on the training shapes.",
     )
     random_init_baseline: bool = Field(
         False,
@@ -189,7 +194,8 @@ class PointsTask(Task):
             got = f"{int(train.sum())} train / {int(test.sum())} test"
             raise DataError(f"{ps.source}: need shapes in both splits, got {got}")
         if self.cfg.transfer.svm:
-            check_cv_folds(ps.labels[train], self.cfg.transfer.C, self.cfg.transfer.cv_folds)
+            t = self.cfg.transfer
+            check_cv_folds(ps.labels[train], t.C, t.cv_folds, t.features)
         return Splits(
             train=CloudDataset(ps.points[train], ps.labels[train], augment=True, **aug),
             test=CloudDataset(ps.points[test], ps.labels[test]),

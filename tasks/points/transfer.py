@@ -2,9 +2,9 @@
 
 The autoencoder is trained without labels; its latent capsules (``transfer.features``: the
 flattened poses, their lengths, or both) are the features of a scikit-learn ``LinearSVC``
-fitted on the training shapes and scored on the test shapes; with several ``transfer.C`` values, C is
-chosen by stratified k-fold cross validation on the training shapes alone (:func:`select_c`), so the
-test shapes are seen once, by the chosen SVM. :func:`transfer_metrics` is the
+fitted on the training shapes and scored on the test shapes; with several ``transfer.C`` values (or
+feature sets), the pair is chosen by stratified k-fold cross validation on the training shapes alone
+(:func:`choose`, :func:`select_c`), so the test shapes are seen once, by the chosen SVM. :func:`transfer_metrics` is the
 points task's :meth:`~capsule_kit.task.Task.evaluate_extra`: the probe of the tested model and,
 with ``transfer.random_init_baseline``, the same probe and part metrics of the untrained model.
 
@@ -54,22 +54,20 @@ def latent_features(latent: torch.Tensor, features: str = "poses") -> torch.Tens
 
 
 @torch.no_grad()
-def extract_latent(
-    task, model: nn.Module, dataset: Dataset, device: Any, batch_size: int, features: str = "poses"
-) -> tuple[np.ndarray, ...]:
-    """SVM features (:func:`latent_features`) and labels of a data set (eval mode, no augmentation).
+def extract_latent(task, model: nn.Module, dataset: Dataset, device: Any, batch_size: int) -> tuple[torch.Tensor, ...]:
+    """Latent capsules and labels of a data set (eval mode, no augmentation).
 
     Returns:
-        (features [S, F] float32, labels [S] int64)
+        (latent [S, N_o, D_o] float32 on the CPU, labels [S] int64 numpy)
 
     """
     model.eval()
-    feats, labels = [], []
+    latents, labels = [], []
     for points, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         latent, _ = model.encode(task.encoder_input(points.to(device), train=False))
-        feats.append(latent_features(latent.float(), features).cpu())
+        latents.append(latent.float().cpu())
         labels.append(y)
-    return torch.cat(feats).numpy(), torch.cat(labels).numpy()
+    return torch.cat(latents), torch.cat(labels).numpy()
 
 
 def svm_transfer(
@@ -144,39 +142,66 @@ def select_c(
     return max(cs, key=lambda c: (means[c], -c)), means
 
 
-def check_cv_folds(labels: np.ndarray, cs: float | list[float], folds: int) -> None:
-    """Refuse a C grid whose cross validation cannot be cut from these training labels (before training).
+def check_cv_folds(labels: np.ndarray, cs: float | list[float], folds: int, features: str | list[str] = "poses"):
+    """Refuse a C (or feature-set) grid whose cross validation these training labels cannot cut (before training).
 
     Raises:
         ConfigError: a class has fewer than ``folds`` training shapes.
 
     """
     counts = np.unique(np.asarray(labels), return_counts=True)[1]
-    if isinstance(cs, list) and len(cs) > 1 and counts.min() < folds:
+    grid = (len(cs) if isinstance(cs, list) else 1) * (len(features) if isinstance(features, list) else 1)
+    if grid > 1 and counts.min() < folds:
         raise ConfigError(
-            f"transfer.cv_folds: {folds} stratified folds choose transfer.C, but a class has only {counts.min()} "
-            "training shapes; lower transfer.cv_folds or give transfer.C one value"
+            f"transfer.cv_folds: {folds} stratified folds choose transfer.C and transfer.features, "
+            f"but a class has only {counts.min()} "
+            "training shapes; lower transfer.cv_folds or give transfer.C and transfer.features one value"
         )
+
+
+def choose(
+    train: tuple[torch.Tensor, np.ndarray], features: list[str], cs: list[float], num_classes: int, *,
+    folds: int, **kw: Any,
+) -> tuple[str, float, dict[str, dict[str, float]]]:  # fmt: skip
+    """The (feature set, C) pair with the best cross-validated accuracy on the training shapes.
+
+    Ties go to the smaller C, then to the feature set listed first.
+
+    Returns:
+        (features, C, {features: {C: mean cross-validated accuracy}})
+
+    """
+    latent, labels = train
+    best, cv = (-1.0, 0, 0.0, ""), {}
+    for rank, name in enumerate(features):
+        x = latent_features(latent, name).numpy()
+        c, means = select_c((x, labels), cs, num_classes, folds=folds, **kw)
+        cv[name] = {str(k): v for k, v in means.items()}
+        best = max(best, (means[c], -c, -rank, name))
+    return best[3], -best[1], cv
 
 
 def probe(task, model: nn.Module, data: Splits, device: Any) -> dict[str, Any]:
     """SVM transfer results of ``model``'s frozen encoder (un-augmented training shapes, test shapes).
 
-    Adds ``svm_C`` (the C used) and, when C was chosen by cross validation, ``svm_cv_accuracy`` (the chosen C's)
-    and ``svm_cv`` ({C: mean cross-validated accuracy}).
+    Adds ``svm_C`` and ``svm_features`` (the ones used) and, when several were given, ``svm_cv_accuracy`` (the
+    chosen pair's cross-validated accuracy) and ``svm_cv`` ({features: {C: mean cross-validated accuracy}}).
     """
     cfg, t0 = task.cfg, time.perf_counter()
     bs, t = cfg.trainer.eval_batch_size or cfg.trainer.batch_size, cfg.transfer
-    train = extract_latent(task, model, CloudDataset(data.train.points, data.train.labels), device, bs, t.features)
-    test = extract_latent(task, model, data.test, device, bs, t.features)
+    latent, labels = extract_latent(task, model, CloudDataset(data.train.points, data.train.labels), device, bs)
+    test_latent, test_labels = extract_latent(task, model, data.test, device, bs)
     kw = {"standardize": t.standardize, "max_iter": t.max_iter, "solver": t.solver, "seed": cfg.trainer.seed}
-    classes, cs, cv = len(task.point_set.classes), (t.C if isinstance(t.C, list) else [t.C]), {}
-    c = cs[0]
-    if len(cs) > 1:
-        c, means = select_c(train, cs, classes, folds=t.cv_folds, jobs=cfg.trainer.threads or 1, **kw)
-        cv = {"svm_cv_accuracy": means[c], "svm_cv": {str(k): v for k, v in means.items()}}
-    res = svm_transfer(train, test, classes, c=c, **kw)
-    res.update(svm_C=c, **cv, svm_total_s=round(time.perf_counter() - t0, 2))
+    classes, cs = len(task.point_set.classes), (t.C if isinstance(t.C, list) else [t.C])
+    features = t.features if isinstance(t.features, list) else [t.features]
+    name, c, cv = features[0], cs[0], {}
+    if len(cs) > 1 or len(features) > 1:
+        jobs = cfg.trainer.threads or 1
+        name, c, grid = choose((latent, labels), features, cs, classes, folds=t.cv_folds, jobs=jobs, **kw)
+        cv = {"svm_cv_accuracy": grid[name][str(c)], "svm_cv": grid}
+    train = (latent_features(latent, name).numpy(), labels)
+    res = svm_transfer(train, (latent_features(test_latent, name).numpy(), test_labels), classes, c=c, **kw)
+    res.update(svm_C=c, svm_features=name, **cv, svm_total_s=round(time.perf_counter() - t0, 2))
     return res
 
 
@@ -203,7 +228,8 @@ def transfer_metrics(task, model: nn.Module, data: Splits, device: Any) -> dict[
             control = task.build_model().to(device)
         if t.svm:
             res = probe(task, control, data, device)  # the same probe, C chosen the same way
-            out.update(svm_accuracy_random_init=res["svm_accuracy"], svm_C_random_init=res["svm_C"])
+            out.update(svm_accuracy_random_init=res["svm_accuracy"], svm_C_random_init=res["svm_C"],
+                       svm_features_random_init=res["svm_features"])  # fmt: skip
             out["svm_gain"] = out["svm_accuracy"] - out["svm_accuracy_random_init"]
         m = eval_pass(task, control, data.test, device)
         out.update({f"{k}_random_init": m[k] for k in CONTROL if k in m})
