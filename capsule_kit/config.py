@@ -233,7 +233,8 @@ def format_errors(exc: ValidationError, schema: type[BaseModel], source: str) ->
             got = err.get("input")
             shown = "" if isinstance(got, dict) else f" (got {excerpt(got)})"
             msg = shorten(err["msg"].removeprefix("Value error, "), 300)
-            parts.append(f"{key}: {msg[:1].lower() + msg[1:]}{shown}")
+            msg = f"{msg[:1].lower() + msg[1:]}{shown}"
+            parts.append(f"{key}: {msg}" if key else msg)  # a recipe-level check names its keys itself
     return f"{source}: " + "; ".join(parts)
 
 

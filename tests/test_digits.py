@@ -120,3 +120,28 @@ def test_vectorised_shift_and_place_equal_the_loops():
     corners = torch.tensor([[0, 0], [8, 8], [4, 1], [0, 8], [8, 0], [3, 3], [5, 7]])
     assert torch.equal(place(x, 36, corners), loop_place(x, 36, corners))
     assert torch.equal(place(x, 36, corners.tolist()), loop_place(x, 36, corners))  # list offsets still work
+
+
+def test_cnn_cross_entropy_is_softmax_cross_entropy_on_its_logits():
+    from capsule_kit.models import build
+    from capsule_kit.run import load_recipe
+    from tests.helpers import REPO
+
+    cfg, task_cls = load_recipe(REPO / "recipes" / "affine_cnn.yaml", ["loss.kind=cross_entropy"])
+    task = task_cls(cfg)
+    torch.manual_seed(0)
+    model = build("cnn_baseline_tiny", input_shape=(1, 40, 40))
+    x, y = torch.rand(4, 1, 40, 40), torch.tensor([0, 3, 3, 9])
+    out = model(x)
+    assert torch.allclose(out.lengths, out.poses[..., 0].sigmoid())
+    ref = -torch.log_softmax(out.poses[..., 0], -1)[torch.arange(4), y].mean()
+    assert torch.allclose(task.class_loss(out, y), ref)
+
+
+def test_cross_entropy_needs_a_cnn_and_one_label(tmp_path):
+    for recipe, why in (("mnist.yaml", "needs class logits"), ("multimnist.yaml", "needs class logits")):
+        proc = run_cli(f"recipes/{recipe}", "loss.kind=cross_entropy", "--validate")
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert f"loss.kind: cross_entropy {why}" in proc.stderr
+    proc = run_cli("recipes/multimnist.yaml", "loss.kind=cross_entropy", "model.name=cnn_baseline", "--validate")
+    assert proc.returncode == 2 and "multimnist has two" in proc.stderr

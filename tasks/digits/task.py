@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from capsule_kit.config import Recipe
@@ -23,7 +23,7 @@ from capsule_kit.splits import ValSplit, holdout
 from capsule_kit.task import Task, register_task
 from capsule_kit_tasks.digits.affine import affine_metrics, affine_test_set, centred, random_place
 from capsule_kit_tasks.digits.data import load_mnist, mnist_dir, multimnist, multimnist_test_set, random_shift
-from capsule_kit_tasks.digits.model import ModelConfig, build_digits_model
+from capsule_kit_tasks.digits.model import ModelConfig, build_digits_model, model_family
 from capsule_kit_tasks.digits.pictures import digits_pictures
 
 
@@ -43,7 +43,11 @@ class DataConfig(DataSection):
 class LossConfig(MarginConfig):
     """Margin (or spread) loss plus reconstruction."""
 
-    kind: Literal["margin", "spread"] = Field("margin", description="margin (Sabour) or spread (Hinton 2018).")
+    kind: Literal["margin", "spread", "cross_entropy"] = Field(
+        "margin",
+        description="margin (Sabour), spread (Hinton 2018), or cross_entropy: softmax cross entropy on the class "
+        "logits of a plain CNN (cnn_baseline; Sabour's baseline was trained so).",
+    )
     recon_weight: float = Field(0.0005, ge=0, description="Scale of the summed squared reconstruction error.")
     spread_start: float = Field(0.2, description="Spread-loss margin at the start of training.")
     spread_end: float = Field(0.9, description="Spread-loss margin at the end of training.")
@@ -58,6 +62,14 @@ class DigitsConfig(Recipe):
         default_factory=lambda: ValSplit(val_size=5000),
         description="Validation digits carved from the training set (picks the best checkpoint).",
     )
+
+    @model_validator(mode="after")
+    def _logits_for_cross_entropy(self) -> DigitsConfig:
+        if self.loss.kind == "cross_entropy" and model_family(self.model.name) != "cnn":
+            raise ValueError(f"loss.kind: cross_entropy needs class logits (a cnn_* model), got '{self.model.name}'")
+        if self.loss.kind == "cross_entropy" and self.data.dataset == "multimnist":
+            raise ValueError("loss.kind: cross_entropy scores one label per image; multimnist has two (use margin)")
+        return self
 
 
 @register_task("digits", aliases=("mnist",))
@@ -143,7 +155,7 @@ class DigitsTask(Task):
         x, y, digits = self.prepare(batch, train)
         first = y[:, 0] if self.multi else y
         out = model(x, first)
-        loss = self.class_loss(out.lengths, y)
+        loss = self.class_loss(out, y)
         if out.reconstruction is not None and self.cfg.loss.recon_weight > 0:
             loss = loss + self.recon_loss(model, out, x, y, digits)
         pred = out.lengths.detach().float().topk(2 if self.multi else 1, dim=-1).indices
@@ -154,8 +166,10 @@ class DigitsTask(Task):
         # log: a tensor, the engine syncs at log_every
         return {"loss": loss, "n": len(x), "log": {"acc": hit.float().mean()}, "out": outputs}
 
-    def class_loss(self, lengths: Tensor, y: Tensor) -> Tensor:
-        c = self.cfg.loss
+    def class_loss(self, out: Any, y: Tensor) -> Tensor:
+        c, lengths = self.cfg.loss, out.lengths
+        if c.kind == "cross_entropy":  # a plain CNN's poses are its logits, [B, N_o, 1]
+            return nn.functional.cross_entropy(out.poses[..., 0].float(), y)
         if c.kind == "spread":
             margin = spread_margin(int(self.progress * 1000), 1000, c.spread_start, c.spread_end)
             return spread_loss(lengths, y if y.dim() == 1 else y[:, 0], margin)
