@@ -4,8 +4,8 @@ Conv 256@5x5 -> max-pool 2 -> conv 256@5x5 -> max-pool 2 -> conv 256@5x5 -> FC 3
 -> 10 class scores, ReLU throughout, dropout before the last layer (Sabour's baseline with 256
 channels in the third convolution, to match CapsNet's size). Its poses are the class logits
 (``loss.kind: cross_entropy``, Sabour's softmax cross entropy) and its lengths their sigmoids
-(so the margin loss and every digits metric apply too). On 40x40 inputs: 11,746,194 parameters, against CapsNet's 11,227,904 without its
-decoder (13,475,648 with it); ``cnn_baseline_tiny`` is for tests.
+(so the margin loss and every digits metric apply too). On 40x40 inputs: 11,746,194
+parameters, against CapsNet's 11,227,904 without its decoder (13,475,648 with it); ``cnn_baseline_tiny`` is for tests.
 """
 
 from __future__ import annotations
