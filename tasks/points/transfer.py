@@ -142,7 +142,14 @@ def select_c(
     return max(cs, key=lambda c: (means[c], -c)), means
 
 
-def check_cv_folds(labels: np.ndarray, cs: float | list[float], folds: int, features: str | list[str] = "poses"):
+def as_grid(value: Any) -> list:
+    """A ``transfer.C`` / ``transfer.features`` value as the list of candidates it names (one value: one)."""
+    return value if isinstance(value, list) else [value]
+
+
+def check_cv_folds(
+    labels: np.ndarray, cs: float | list[float], folds: int, features: str | list[str] = "poses"
+) -> None:
     """Refuse a C (or feature-set) grid whose cross validation these training labels cannot cut (before training).
 
     Raises:
@@ -150,8 +157,7 @@ def check_cv_folds(labels: np.ndarray, cs: float | list[float], folds: int, feat
 
     """
     counts = np.unique(np.asarray(labels), return_counts=True)[1]
-    grid = (len(cs) if isinstance(cs, list) else 1) * (len(features) if isinstance(features, list) else 1)
-    if grid > 1 and counts.min() < folds:
+    if len(as_grid(cs)) * len(as_grid(features)) > 1 and counts.min() < folds:
         raise ConfigError(
             f"transfer.cv_folds: {folds} stratified folds choose transfer.C and transfer.features, "
             f"but a class has only {counts.min()} "
@@ -192,8 +198,7 @@ def probe(task, model: nn.Module, data: Splits, device: Any) -> dict[str, Any]:
     latent, labels = extract_latent(task, model, CloudDataset(data.train.points, data.train.labels), device, bs)
     test_latent, test_labels = extract_latent(task, model, data.test, device, bs)
     kw = {"standardize": t.standardize, "max_iter": t.max_iter, "solver": t.solver, "seed": cfg.trainer.seed}
-    classes, cs = len(task.point_set.classes), (t.C if isinstance(t.C, list) else [t.C])
-    features = t.features if isinstance(t.features, list) else [t.features]
+    classes, cs, features = len(task.point_set.classes), as_grid(t.C), as_grid(t.features)
     name, c, cv = features[0], cs[0], {}
     if len(cs) > 1 or len(features) > 1:
         jobs = cfg.trainer.threads or 1
